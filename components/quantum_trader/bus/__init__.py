@@ -1,0 +1,1 @@
+"""Redis streams client: groups, the exactly-once stage step, reclaim, DLQ, trimming, control and heartbeats."""

@@ -1,0 +1,113 @@
+"""The exactly-once stage step: done-key + state writes + outputs + XACK in one Lua script."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+
+import redis
+
+from quantum_trader.contracts.envelope import encode
+from quantum_trader.contracts.keys import Keys
+from quantum_trader.contracts.messages import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A message to add to a stream (logical name, e.g. ``apply.plan``)."""
+
+    stream: str
+    message: Message
+    id: str
+    corr: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Optimistic check: the step applies only if ``HGET key field`` equals ``expected`` (None: absent)."""
+
+    key: str
+    field: str
+    expected: str | None
+
+
+WRITE_COMMANDS = frozenset(
+    {"HSET", "HDEL", "DEL", "SET", "ZADD", "ZREM", "HINCRBY", "HINCRBYFLOAT", "EXPIRE", "SADD", "SREM", "PEXPIRE"}
+)
+
+
+@dataclass(slots=True)
+class Step:
+    """What a handler wants done for one input message, applied atomically with marking it done."""
+
+    outputs: list[Output] = field(default_factory=list)
+    ops: list[list[str]] = field(default_factory=list)
+    guards: list[Guard] = field(default_factory=list)
+
+    def emit(self, stream: str, message: Message, id: str, corr: str = "") -> Step:
+        self.outputs.append(Output(stream, message, id, corr))
+        return self
+
+    def write(self, command: str, *args: object) -> Step:
+        if command not in WRITE_COMMANDS:
+            raise ValueError(f"{command} is not an allowed state write")
+        self.ops.append([command, *(_arg(a) for a in args)])
+        return self
+
+    def guard(self, key: str, field_name: str, expected: str | None) -> Step:
+        self.guards.append(Guard(key, field_name, expected))
+        return self
+
+
+def _arg(value: object) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+class StepOutcome(Enum):
+    DONE = 1
+    DUPLICATE = 0
+    CONFLICT = -1
+
+
+class StepRunner:
+    """Runs steps for one stage. ``stage`` names the done keys: ``done:<stage>:<message id>``."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, stage: str, max_len: int, done_ttl_seconds: int):
+        self._client = client
+        self._keys = keys
+        self._stage = stage
+        self._max_len = max_len
+        self._ttl = done_ttl_seconds
+        self._script = client.register_script(resources.files(__package__).joinpath("stage.lua").read_text())
+
+    def payload(self, step: Step, group: str, entry_id: str) -> str:
+        outputs = []
+        for out in step.outputs:
+            fields = encode(out.message, id=out.id, corr=out.corr)
+            flat: list[str] = []
+            for k, v in fields.items():
+                flat.extend((k, v))
+            outputs.append([self._keys.stream(out.stream), str(self._max_len), flat])
+        return json.dumps(
+            {
+                "ttl": self._ttl,
+                "group": group,
+                "entry_id": entry_id,
+                "guards": [[g.key, g.field, g.expected] for g in step.guards],
+                "ops": step.ops,
+                "outputs": outputs,
+            }
+        )
+
+    def run(
+        self, step: Step, *, message_id: str, input_stream: str = "", group: str = "", entry_id: str = ""
+    ) -> StepOutcome:
+        """Apply ``step`` for input ``message_id`` once; ack ``entry_id`` of ``input_stream`` in the same script."""
+        done_key = self._keys.done(self._stage, message_id)
+        stream_key = self._keys.stream(input_stream) if input_stream else done_key
+        result = self._script(keys=[done_key, stream_key], args=[self.payload(step, group, entry_id)])
+        return StepOutcome(int(result))

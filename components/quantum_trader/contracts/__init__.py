@@ -1,0 +1,1 @@
+"""Contracts: every stream message, the envelope, the stream/component registry, keys and the policy spec."""

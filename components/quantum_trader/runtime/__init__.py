@@ -1,0 +1,1 @@
+"""How a component process runs: settings from the environment, JSON logs, health, metrics, the loop."""

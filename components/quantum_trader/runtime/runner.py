@@ -1,0 +1,179 @@
+"""Runs one component process: health and metrics endpoints, groups, the loop, heartbeats, kill-switch acks.
+
+SIGTERM finishes the current message, acks it and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+from prometheus_client import start_http_server
+
+from quantum_trader.bus.consumer import StreamConsumer
+from quantum_trader.bus.control import ack_generation, read_control
+from quantum_trader.bus.heartbeat import HeartbeatRecord, write_heartbeat
+from quantum_trader.contracts.keys import Keys
+from quantum_trader.runtime import metrics
+from quantum_trader.runtime.health import HealthServer
+from quantum_trader.runtime.service import ComponentContext, Service
+from quantum_trader.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_SECONDS = 2.0
+CONTROL_EVERY_SECONDS = 0.2
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=15)
+
+
+def build_context(settings: Settings) -> ComponentContext:
+    return ComponentContext(
+        settings=settings,
+        policy=settings.policy(),
+        client=connect(settings.redis_url),
+        keys=Keys(settings.instance),
+    )
+
+
+class ComponentRunner:
+    def __init__(self, ctx: ComponentContext, service: Service, *, serve_http: bool = True) -> None:
+        self.ctx = ctx
+        self.service = service
+        self.serve_http = serve_http
+        handlers = service.handlers()
+        self.consumer = (
+            StreamConsumer(
+                ctx.client,
+                ctx.keys,
+                group=ctx.name,
+                consumer=ctx.pod,
+                handlers=handlers,
+                retention=ctx.policy.streams,
+                observer=metrics.observer(ctx.name),
+            )
+            if handlers
+            else None
+        )
+        self.started_ms = int(time.time() * 1000)
+        self.applied_generation = -1
+        self._last_loop = time.monotonic()
+        self._last_heartbeat = 0.0
+        self._last_control = 0.0
+        self._state = "starting"
+        self._groups_ok = False
+
+    # --- health -------------------------------------------------------------------------------
+    def alive(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self._last_loop
+        return (stalled < 60, f"loop {self._state}, last iteration {stalled:.1f}s ago")
+
+    def ready(self) -> tuple[bool, str]:
+        try:
+            self.ctx.client.ping()
+        except redis.RedisError as error:
+            return False, f"redis unreachable: {error}"
+        if self.consumer is not None and not self._groups_ok:
+            return False, "consumer groups not created yet"
+        return self.service.ready()
+
+    # --- loop ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        stop = self.ctx.stop
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+        health = None
+        if self.serve_http:
+            health = HealthServer(self.ctx.settings.health_port, self.alive, self.ready).start()
+            start_http_server(self.ctx.settings.metrics_port)
+        metrics.UP.labels(self.ctx.name).set(1)
+        try:
+            if self.consumer is not None:
+                self.consumer.ensure_groups()
+                self._groups_ok = True
+            self.service.start()
+            self._state = "running"
+            self._maybe_control(force=True)
+            self._heartbeat()
+            wait = 0.0
+            while not stop.is_set():
+                self._last_loop = time.monotonic()
+                if self.consumer is not None:
+                    self.consumer.poll_once(block_ms=int(min(max(wait, 0.05), 0.5) * 1000))
+                    wait = self.service.idle() or 0.2
+                else:
+                    wait = self.service.idle()
+                    stop.wait(0.2 if wait is None else max(wait, 0.0))
+                self._maybe_control()
+                if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
+                    self._heartbeat()
+            self._state = "stopping"
+            self._heartbeat()
+        finally:
+            metrics.UP.labels(self.ctx.name).set(0)
+            self.service.close()
+            if health is not None:
+                health.stop()
+        log.info("stopped", extra={"reason": "signal"})
+        return 0
+
+    def _maybe_control(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_control < CONTROL_EVERY_SECONDS:
+            return
+        self._last_control = time.monotonic()
+        state = read_control(self.ctx.client, self.ctx.keys)
+        metrics.KILLSWITCH_ENGAGED.labels(self.ctx.name).set(1 if state.blocks_entries else 0)
+        if state.generation != self.applied_generation:
+            self.service.on_control(state)
+            self.applied_generation = state.generation
+            ack_generation(self.ctx.client, self.ctx.keys, self.ctx.name, self.ctx.pod, state.generation)
+            metrics.CONTROL_GENERATION.labels(self.ctx.name).set(state.generation)
+            log.info("kill switch applied", extra={"control": state.describe()})
+
+    def _heartbeat(self) -> None:
+        self._last_heartbeat = time.monotonic()
+        counters = dict(self.service.counters)
+        groups: dict[str, dict[str, int]] = {}
+        if self.consumer is not None:
+            stats = self.consumer.stats
+            counters.update(
+                processed=stats.processed,
+                duplicates=stats.duplicates,
+                errors=stats.errors,
+                dead_lettered=stats.dead_lettered,
+                reclaimed=stats.reclaimed,
+                last_event_ms=stats.last_event_ms,
+            )
+            groups = self.consumer.group_info()
+            for stream, info in groups.items():
+                metrics.LAG.labels(self.ctx.name, stream).set(info["lag"])
+                metrics.PENDING.labels(self.ctx.name, stream).set(info["pending"])
+            if stats.last_event_ms:
+                metrics.LAST_EVENT.labels(self.ctx.name).set(stats.last_event_ms / 1000)
+        record = HeartbeatRecord(
+            component=self.ctx.name,
+            pod=self.ctx.pod,
+            time_ms=int(time.time() * 1000),
+            started_ms=self.started_ms,
+            state=self._state,
+            code_version=self.ctx.settings.code_version,
+            image_digest=self.ctx.settings.image_digest,
+            model_digest=self.service.model_digest,
+            control_generation=max(self.applied_generation, 0),
+            counters=counters,
+            groups=groups,
+        )
+        try:
+            write_heartbeat(self.ctx.client, self.ctx.keys, record)
+        except redis.RedisError as error:
+            log.warning("heartbeat failed", extra={"error": str(error)})
+
+
+ServiceFactory = Callable[[ComponentContext], Service]
