@@ -79,6 +79,7 @@ class StreamConsumer:
         self._observer = observer
         self._stream_of_key = {keys.stream(s): s for s in handlers}
         self._backlog = True
+        self._backlog_cursor = {keys.stream(s): "0" for s in handlers}
         self._last_reclaim = 0.0
 
     # --- groups -------------------------------------------------------------------------------
@@ -97,25 +98,30 @@ class StreamConsumer:
         if time.monotonic() - self._last_reclaim > max(self.retention.claim_idle_ms / 2000, 0.5):
             self._last_reclaim = time.monotonic()
             self.reclaim()
-        start_id = "0" if self._backlog else ">"
-        streams = {self.keys.stream(s): start_id for s in self.handlers}
-        response = self.client.xreadgroup(
-            self.group, self.consumer, streams, count=self.batch, block=None if self._backlog else block_ms
-        )
+        if self._backlog:
+            handled = self._read(None, None)
+            if handled:
+                return handled
+            self._backlog = False
+        return self._read(">", block_ms)
+
+    def _read(self, start_id: str | None, block_ms: int | None) -> int:
+        """``start_id`` None reads this consumer's own pending entries after the backlog cursor."""
+        streams = dict(self._backlog_cursor) if start_id is None else {k: start_id for k in self._backlog_cursor}
+        response = self.client.xreadgroup(self.group, self.consumer, streams, count=self.batch, block=block_ms)
         handled = 0
-        saw_backlog = False
         for stream_key, entries in response or []:
-            key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
+            key = _text(stream_key)
             for entry_id, fields in entries:
-                if fields is None:  # deleted by trimming while pending
+                if not fields:  # deleted by trimming while pending
                     self._ack(key, entry_id)
                     continue
-                saw_backlog = True
-                deliveries = self._deliveries(key, entry_id) if self._backlog else 1
+                deliveries = 1
+                if start_id is None:
+                    deliveries = self._deliveries(key, entry_id)
+                    self._backlog_cursor[key] = _text(entry_id)
                 self.handle_entry(self._stream_of_key[key], _text(entry_id), fields, deliveries)
                 handled += 1
-        if self._backlog and not saw_backlog:
-            self._backlog = False
         return handled
 
     def handle_entry(self, stream: str, entry_id: str, fields: dict, deliveries: int) -> None:
