@@ -76,8 +76,13 @@ class Keys:
 
     @property
     def reservations(self) -> str:
-        """hash: plan_id -> reservation JSON (governor writes, position-state/apply-layer release)"""
+        """hash: plan_id -> reserved notional of a pending ENTRY (governor writes, position-state releases)"""
         return f"{self.prefix}governor:reservations"
+
+    @property
+    def entry_locks(self) -> str:
+        """hash: symbol -> plan_id of the one pending entry (governor writes, position-state releases)"""
+        return f"{self.prefix}governor:entry-locks"
 
     @property
     def exit_locks(self) -> str:
@@ -109,3 +114,12 @@ class Keys:
     def component_state(self, component: str, name: str) -> str:
         """a component's own persisted state (exit-brain, harvest) so restarts keep watching"""
         return f"{self.prefix}state:{component}:{name}"
+
+    @property
+    def exchange_filters(self) -> str:
+        """hash: symbol -> exchangeInfo symbol entry JSON (apply-layer publishes; intent-bridge sizes with it)"""
+        return f"{self.prefix}exchange:filters"
+
+    def in_flight(self, plan_id: str) -> str:
+        """apply-layer's marker, set before an order is sent: a redelivery queries before resubmitting"""
+        return f"{self.prefix}apply:inflight:{plan_id}"

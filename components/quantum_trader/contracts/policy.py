@@ -56,6 +56,7 @@ class RiskLimits(Spec):
     cooldown_seconds: int = Field(default=300, ge=0, description="no entry on a symbol this long after a close")
     approval_ttl_seconds: float = Field(default=30.0, gt=0, description="an approval expires this long after")
     max_leverage: int = Field(default=5, ge=1, le=125, description="leverage cap for entries")
+    long_only: bool = Field(default=False, description="SELL intents never open a short: a flat-sell is skipped")
     max_portfolio_heat: float = Field(
         default=0.06, gt=0, le=1, description="sum of open risk to stop / equity that heat-gate allows"
     )

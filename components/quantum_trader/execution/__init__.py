@@ -1,0 +1,1 @@
+"""Pure execution decisions: sizing intents into plans, the order gateway's rules, reconciliation."""

@@ -1,0 +1,1 @@
+"""``qt run``: an embedded Redis and a supervisor running every enabled component as its own process."""

@@ -1,0 +1,190 @@
+"""The status table of a running stack (``qt run`` live, ``qt status`` once).
+
+``build_status`` is pure over what ``gather`` read from Redis, so the table is tested without a stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from quantum_trader.bus.control import ControlState, read_control
+from quantum_trader.bus.heartbeat import HeartbeatRecord, now_ms, read_heartbeats
+from quantum_trader.contracts.keys import Keys
+
+STALE_HEARTBEAT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ComponentRow:
+    component: str
+    state: str
+    processed: int
+    lag: int
+    pending: int
+    last_event_age: float | None
+    restarts: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StackSummary:
+    positions: int
+    equity: float
+    realized_pnl: float
+    fees: float
+    trades: int
+    wins: int
+    control: str
+    dead_lettered: int
+
+    @property
+    def net_pnl(self) -> float:
+        return self.realized_pnl - self.fees
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    rows: list[ComponentRow]
+    summary: StackSummary
+
+
+@dataclass
+class Observed:
+    """Everything ``build_status`` needs, as plain data."""
+
+    now_ms: int
+    components: list[str]
+    heartbeats: list[HeartbeatRecord]
+    ledger: dict[str, str]
+    open_positions: dict[str, str]
+    control: ControlState
+    starting_equity: float
+    dlq_lengths: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """component -> (process state, restarts) when a supervisor runs them"""
+
+
+def _float(raw: dict[str, str], name: str) -> float:
+    try:
+        return float(raw.get(name, 0) or 0)
+    except ValueError:
+        return 0.0
+
+
+def build_status(observed: Observed) -> StackStatus:
+    by_component: dict[str, list[HeartbeatRecord]] = {}
+    for beat in observed.heartbeats:
+        by_component.setdefault(beat.component, []).append(beat)
+    rows = []
+    for name in observed.components:
+        beats = by_component.get(name, [])
+        process_state, restarts = observed.processes.get(name, ("", 0))
+        if not beats:
+            state = process_state or "no heartbeat"
+            rows.append(ComponentRow(name, state, 0, 0, 0, None, restarts))
+            continue
+        newest = max(beats, key=lambda b: b.time_ms)
+        age = newest.age_seconds(observed.now_ms)
+        state = "stale" if age > STALE_HEARTBEAT_SECONDS else newest.state
+        if process_state and process_state != "running":
+            state = process_state
+        processed = sum(int(b.counters.get("processed", b.counters.get("published", 0))) for b in beats)
+        lag = sum(max(g.get("lag", 0), 0) for b in beats for g in b.groups.values()) // max(len(beats), 1)
+        pending = sum(g.get("pending", 0) for b in beats for g in b.groups.values()) // max(len(beats), 1)
+        last_event = max(int(b.counters.get("last_event_ms", 0)) for b in beats)
+        last_age = (observed.now_ms - last_event) / 1000 if last_event else None
+        errors = sum(int(b.counters.get("errors", 0)) for b in beats)
+        detail = f"{errors} errors" if errors else ""
+        rows.append(ComponentRow(name, state, processed, lag, pending, last_age, restarts, detail))
+    realized = _float(observed.ledger, "realized_pnl")
+    fees = _float(observed.ledger, "fees")
+    summary = StackSummary(
+        positions=len(observed.open_positions),
+        equity=observed.starting_equity + realized - fees,
+        realized_pnl=realized,
+        fees=fees,
+        trades=int(_float(observed.ledger, "trades")),
+        wins=int(_float(observed.ledger, "wins")),
+        control=observed.control.describe(),
+        dead_lettered=sum(observed.dlq_lengths.values()),
+    )
+    return StackStatus(rows, summary)
+
+
+def gather(
+    client: redis.Redis,
+    keys: Keys,
+    components: list[str],
+    starting_equity: float,
+    processes: dict[str, tuple[str, int]] | None = None,
+) -> Observed:
+    from quantum_trader.contracts.registry import STREAMS
+
+    def text(raw: dict) -> dict[str, str]:
+        return {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.ledger_equity)
+        pipe.hgetall(keys.open_positions)
+        for stream in STREAMS:
+            pipe.xlen(keys.dlq(stream))
+        ledger, open_positions, *dlq = pipe.execute()
+    return Observed(
+        now_ms=now_ms(),
+        components=components,
+        heartbeats=read_heartbeats(client, keys),
+        ledger=text(ledger),
+        open_positions=text(open_positions),
+        control=read_control(client, keys),
+        starting_equity=starting_equity,
+        dlq_lengths={s: int(n) for s, n in zip(STREAMS, dlq, strict=True) if n},
+        processes=processes or {},
+    )
+
+
+def render(status: StackStatus, title: str = "quantum-trader"):
+    """A rich Table of the status."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=_caption(status.summary), expand=False)
+    for column in ("component", "state", "processed", "lag", "pending", "last event", "restarts", "detail"):
+        table.add_column(column, justify="right" if column in ("processed", "lag", "pending", "restarts") else "left")
+    for row in status.rows:
+        style = "green" if row.state == "running" else ("yellow" if row.state in ("starting", "stale") else "red")
+        table.add_row(
+            row.component,
+            f"[{style}]{row.state}[/{style}]",
+            f"{row.processed:,}",
+            f"{row.lag:,}",
+            f"{row.pending:,}",
+            "-" if row.last_event_age is None else f"{row.last_event_age:.1f}s",
+            str(row.restarts),
+            row.detail,
+        )
+    return table
+
+
+def _caption(summary: StackSummary) -> str:
+    return (
+        f"positions {summary.positions} · equity {summary.equity:,.2f} · PnL {summary.net_pnl:+,.2f} "
+        f"(realized {summary.realized_pnl:+,.2f}, fees {summary.fees:,.2f}) · trades {summary.trades} "
+        f"(wins {summary.wins}) · DLQ {summary.dead_lettered} · kill switch {summary.control}"
+    )
+
+
+def render_text(status: StackStatus) -> str:
+    """Plain text for logs and non-terminals."""
+    lines = [f"{'component':<15} {'state':<13} {'processed':>10} {'lag':>7} {'pending':>7} {'last event':>10} restarts"]
+    for row in status.rows:
+        age = "-" if row.last_event_age is None else f"{row.last_event_age:.1f}s"
+        lines.append(
+            f"{row.component:<15} {row.state:<13} {row.processed:>10,} {row.lag:>7,} {row.pending:>7,} {age:>10} "
+            f"{row.restarts:>8}"
+        )
+    lines.append(_caption(status.summary))
+    return "\n".join(lines)

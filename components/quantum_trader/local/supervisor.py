@@ -1,0 +1,225 @@
+"""Runs every enabled component as its own process, the way the operator's pods run them (DESIGN §8):
+``qt component <name>`` with its settings in the environment. Crashed components are restarted with
+backoff and counted, as a Deployment would; Ctrl-C stops everything cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from quantum_trader.bus.control import Scope, write_control
+from quantum_trader.contracts.keys import Keys
+from quantum_trader.contracts.policy import PolicySpec, dump_policy
+from quantum_trader.contracts.registry import check_wiring
+from quantum_trader.local.redis_server import free_port
+
+log = logging.getLogger(__name__)
+
+# The exchange comes first so apply-layer and reconciler find it; the executor path before the
+# producers so nothing queues without a reader.
+START_ORDER = (
+    "exchange-sim",
+    "position-state",
+    "apply-layer",
+    "governor",
+    "reconciler",
+    "exit-brain",
+    "harvest",
+    "heat-gate",
+    "intent-bridge",
+    "ai-engine",
+    "features",
+    "market-data",
+)
+
+
+class WiringError(ValueError):
+    pass
+
+
+def state_dir() -> Path:
+    base = os.environ.get("QT_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME", os.path.expanduser("~/.local/state")), "quantum-trader"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_file() -> Path:
+    return state_dir() / "run.json"
+
+
+@dataclass
+class Process:
+    component: str
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    state: str = "starting"
+    last_exit: int | None = None
+
+    def start(self) -> None:
+        log_file = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "quantum_trader.cli", "component", self.component],
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+        self.state = "running"
+
+
+@dataclass
+class Supervisor:
+    policy: PolicySpec
+    redis_url: str
+    instance: str = "local"
+    workdir: Path = field(default_factory=lambda: state_dir() / "run")
+    processes: dict[str, Process] = field(default_factory=dict)
+    exchange_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.keys = Keys(self.instance)
+        self.components = [c for c in START_ORDER if c in self.policy.enabled_components()]
+        report = check_wiring(self.components)
+        if not report.valid:
+            raise WiringError(report.describe())
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def prepare(self) -> None:
+        """Config file, fresh control key (released by ``qt run``), rollout hash, run file."""
+        config_path = self.workdir / "config.yaml"
+        config_path.write_text(dump_policy(self.policy))
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        write_control(client, self.keys, engaged=False, scope=Scope.ENTRIES, reason="qt run start", engaged_by="qt run")
+        exits = self.policy.exits
+        client.hset(
+            self.keys.rollout,
+            mapping={
+                "mode": exits.mode,
+                "percent": str(exits.rollout_percent),
+                "pinned_live": ",".join(exits.pinned_live),
+                "pinned_shadow": ",".join(exits.pinned_shadow),
+            },
+        )
+        client.close()
+        sim_port = self.policy.simulator.port or free_port()
+        self.exchange_url = f"http://127.0.0.1:{sim_port}" if self.policy.mode.value == "paper" else ""
+        # Paper mode: a throwaway key pair shared by the simulator and the clients, never written anywhere.
+        api_key = os.environ.get("BINANCE_API_KEY") or secrets.token_hex(32)
+        api_secret = os.environ.get("BINANCE_API_SECRET") or secrets.token_hex(32)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
+        base_env.update(
+            QT_INSTANCE=self.instance,
+            QT_REDIS_URL=self.redis_url,
+            QT_CONFIG=str(config_path),
+            BINANCE_API_KEY=api_key,
+            BINANCE_API_SECRET=api_secret,
+            PYTHONUNBUFFERED="1",
+        )
+        if self.exchange_url:
+            base_env["QT_EXCHANGE_URL"] = self.exchange_url
+        for component in self.components:
+            env = dict(base_env)
+            env.update(
+                QT_COMPONENT=component,
+                QT_POD=f"{component}-0",
+                QT_HEALTH_PORT=str(free_port()),
+                QT_METRICS_PORT=str(free_port()),
+            )
+            self.processes[component] = Process(component, env, self.workdir / f"{component}.log")
+        run_file().write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "redis_url": self.redis_url,
+                    "instance": self.instance,
+                    "components": self.components,
+                    "starting_equity": self.policy.simulator.starting_balance,
+                    "exchange_url": self.exchange_url,
+                    "workdir": str(self.workdir),
+                    "metrics_ports": {c: int(p.env["QT_METRICS_PORT"]) for c, p in self.processes.items()},
+                },
+                indent=2,
+            )
+        )
+
+    def start(self) -> None:
+        for component in self.components:
+            self.processes[component].start()
+            if component == "exchange-sim":
+                self._wait_for_exchange()
+
+    def _wait_for_exchange(self, timeout: float = 20.0) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        process = self.processes["exchange-sim"]
+        while time.monotonic() < deadline:
+            if process.popen is not None and process.popen.poll() is not None:
+                return  # the supervision loop reports and restarts it
+            try:
+                with urllib.request.urlopen(f"{self.exchange_url}/fapi/v1/ping", timeout=1):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+
+    def supervise_once(self) -> None:
+        """Restart exited components with exponential backoff (1 s doubling to 30 s)."""
+        now = time.monotonic()
+        for process in self.processes.values():
+            popen = process.popen
+            if popen is None:
+                if now >= process.next_start:
+                    process.start()
+                continue
+            code = popen.poll()
+            if code is None:
+                continue
+            process.last_exit = code
+            process.restarts += 1
+            process.state = f"exited {code}"
+            process.popen = None
+            process.next_start = now + min(30.0, 2.0 ** min(process.restarts - 1, 5))
+            log.warning("component exited", extra={"component": process.component, "code": code})
+
+    def process_states(self) -> dict[str, tuple[str, int]]:
+        return {name: (p.state, p.restarts) for name, p in self.processes.items()}
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every component (each finishes its current message), then SIGKILL stragglers."""
+        for process in reversed(list(self.processes.values())):
+            if process.popen is not None and process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self.processes.values():
+            if process.popen is None:
+                continue
+            try:
+                process.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+            process.state = "stopped"
+        try:
+            current = json.loads(run_file().read_text())
+            if current.get("pid") == os.getpid():
+                run_file().unlink()
+        except (OSError, ValueError):
+            pass

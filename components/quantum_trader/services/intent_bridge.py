@@ -1,0 +1,66 @@
+"""intent-bridge: ``trade.intent`` -> ``apply.plan``. Sizing and side rules live in ``execution.sizing``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from quantum_trader.bus.consumer import Delivery, Handler
+from quantum_trader.bus.step import Step
+from quantum_trader.contracts.envelope import Envelope
+from quantum_trader.contracts.messages import PositionSide, TradeIntent
+from quantum_trader.exchange.filters import SymbolFilters
+from quantum_trader.execution.sizing import Skip, plan_for_intent
+from quantum_trader.runtime.service import ComponentContext, Service
+
+FILTERS_TTL_SECONDS = 60.0
+
+
+class IntentBridge(Service):
+    def __init__(self, ctx: ComponentContext) -> None:
+        super().__init__(ctx)
+        self.allowlist = frozenset(ctx.policy.symbols)
+        self._filters: dict[str, SymbolFilters] = {}
+        self._filters_read = 0.0
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"trade.intent": self.on_intent}
+
+    def filters(self, symbol: str) -> SymbolFilters | None:
+        """The symbol's exchange filters as apply-layer published them (re-read every minute)."""
+        if symbol not in self._filters or time.monotonic() - self._filters_read > FILTERS_TTL_SECONDS:
+            raw = self.ctx.client.hgetall(self.ctx.keys.exchange_filters)
+            self._filters = {
+                (k.decode() if isinstance(k, bytes) else k): SymbolFilters.from_exchange_info(json.loads(v))
+                for k, v in raw.items()
+            }
+            self._filters_read = time.monotonic()
+        return self._filters.get(symbol)
+
+    def position_side(self, symbol: str) -> PositionSide:
+        side = self.ctx.client.hget(self.ctx.keys.position(symbol), "side")
+        if side is None:
+            return PositionSide.FLAT
+        return PositionSide(side.decode() if isinstance(side, bytes) else side)
+
+    def on_intent(self, envelope: Envelope[TradeIntent], delivery: Delivery) -> Step:
+        intent = envelope.message
+        result = plan_for_intent(
+            intent,
+            allowlist=self.allowlist,
+            limits=self.ctx.policy.risk,
+            filters=self.filters(intent.symbol),
+            position_side=self.position_side(intent.symbol),
+        )
+        if isinstance(result, Skip):
+            self.count(f"skipped_{result.reason.split(':')[0]}")
+            self.ctx.log.info("intent skipped", extra={"intent": intent.intent_id, "reason": result.reason})
+            return Step()
+        self.count("plans")
+        return Step().emit(
+            "apply.plan", result.model_copy(update={"corr": envelope.corr}), id=result.plan_id, corr=envelope.corr
+        )
+
+
+def build(ctx: ComponentContext) -> Service:
+    return IntentBridge(ctx)

@@ -1,0 +1,193 @@
+"""reconciler: on start and every interval, internal positions against the exchange (invariant 7).
+
+Unexplained drift is corrected to the exchange's numbers, reported on ``reconcile.events`` and
+halts entries automatically until a person releases them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from quantum_trader.bus.control import raise_halt
+from quantum_trader.bus.step import Step, StepRunner
+from quantum_trader.contracts.messages import PositionSide, PositionSnapshot, ReconcileEvent, ReconcileKind
+from quantum_trader.exchange.client import ExchangeClient
+from quantum_trader.exchange.errors import ExchangeError
+from quantum_trader.execution.reconcile import Finding, Holding, reconcile
+from quantum_trader.runtime.service import ComponentContext, Service
+from quantum_trader.services.apply_layer import exchange_client
+
+
+def _text(raw: dict) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
+    }
+
+
+class Reconciler(Service):
+    def __init__(self, ctx: ComponentContext, client: ExchangeClient | None = None) -> None:
+        super().__init__(ctx)
+        self.exchange = client or exchange_client(ctx)
+        self.spec = ctx.policy.reconciler
+        self.steps = StepRunner(
+            ctx.client, ctx.keys, "reconciler", ctx.policy.streams.max_len, ctx.policy.streams.done_ttl_seconds
+        )
+        self._next_run = 0.0
+        self.runs = 0
+        self.last_findings: list[Finding] = []
+        self.matched = False
+
+    def idle(self) -> float:
+        now = time.monotonic()
+        if now >= self._next_run:
+            try:
+                self.run_once()
+            except ExchangeError as error:  # unreachable exchange: say so, try again next interval
+                self.count("exchange_errors")
+                self.matched = False
+                self.ctx.log.warning("reconcile skipped: exchange error", extra={"error": str(error)})
+            self._next_run = time.monotonic() + self.spec.interval_seconds
+        return max(0.05, self._next_run - time.monotonic())
+
+    def ready(self) -> tuple[bool, str]:
+        return (self.runs > 0, f"{self.runs} runs, matched={self.matched}")
+
+    def internal_positions(self) -> dict[str, tuple[Holding, dict[str, str]]]:
+        client, keys = self.ctx.client, self.ctx.keys
+        symbols = set(_text(client.hgetall(keys.open_positions))) | set(self.ctx.policy.symbols)
+        result = {}
+        for symbol in sorted(symbols):
+            raw = _text(client.hgetall(keys.position(symbol)))
+            if not raw:
+                continue
+            side = PositionSide(raw.get("side", "FLAT"))
+            holding = Holding(side, float(raw.get("qty", 0) or 0), float(raw.get("entry_price", 0) or 0))
+            result[symbol] = (holding, raw)
+        return result
+
+    def in_flight(self) -> frozenset[str]:
+        client, keys = self.ctx.client, self.ctx.keys
+        return frozenset(_text(client.hgetall(keys.entry_locks))) | frozenset(_text(client.hgetall(keys.exit_locks)))
+
+    def run_once(self) -> list[Finding]:
+        internal = self.internal_positions()
+        exchange = {p.symbol: Holding(p.side, p.qty, p.entry_price) for p in self.exchange.positions() if p.qty > 0}
+        step_sizes = {}
+        for symbol in set(internal) | set(exchange):
+            try:
+                step_sizes[symbol] = float(self.exchange.filters(symbol).order_step)
+            except ExchangeError:
+                step_sizes[symbol] = 0.0
+        findings = reconcile(
+            {s: h for s, (h, _) in internal.items()},
+            exchange,
+            step_sizes=step_sizes,
+            in_flight=self.in_flight(),
+            qty_tolerance_steps=self.spec.qty_tolerance_steps,
+            entry_tolerance=self.spec.entry_tolerance,
+        )
+        self.runs += 1
+        self.last_findings = findings
+        self.matched = all(f.kind is ReconcileKind.MATCHED for f in findings)
+        for finding in findings:
+            if finding.kind is ReconcileKind.MATCHED:
+                continue
+            self.report(finding, internal.get(finding.symbol, (None, {}))[1])
+        self.ctx.client.hset(
+            self.ctx.keys.component_state("reconciler", "status"),
+            mapping={
+                "matched": "1" if self.matched else "0",
+                "time": str(self.ctx.now_ms()),
+                "runs": str(self.runs),
+                "findings": str(sum(1 for f in findings if f.kind is not ReconcileKind.MATCHED)),
+            },
+        )
+        return findings
+
+    def report(self, finding: Finding, raw: dict[str, str]) -> None:
+        now = self.ctx.now_ms()
+        action = "recheck_next_interval" if finding.explained else "corrected_to_exchange; entries halted"
+        event = ReconcileEvent(
+            symbol=finding.symbol,
+            kind=finding.kind,
+            explained=finding.explained,
+            internal_side=finding.internal.side,
+            internal_qty=finding.internal.qty,
+            internal_entry=finding.internal.entry_price,
+            exchange_side=finding.exchange.side,
+            exchange_qty=finding.exchange.qty,
+            exchange_entry=finding.exchange.entry_price,
+            action=action,
+            time=now,
+        )
+        step = Step().emit("reconcile.events", event, id=f"rec:{finding.symbol}:{now}")
+        if not finding.explained:
+            self.correct(step, finding, raw, now)
+            self.count("corrections")
+        self.steps.run(step, message_id=f"reconcile:{finding.symbol}:{now}")
+        if not finding.explained:
+            raise_halt(
+                self.ctx.client,
+                self.ctx.keys,
+                "reconciler",
+                f"unexplained drift on {finding.symbol}: {finding.kind.value}",
+            )
+            self.ctx.log.error(
+                "unexplained drift: entries halted", extra={"symbol": finding.symbol, "kind": finding.kind.value}
+            )
+
+    def correct(self, step: Step, finding: Finding, raw: dict[str, str], now: int) -> None:
+        """Make the internal position the exchange's. Bumping ``version`` voids position-state's in-flight guard."""
+        keys = self.ctx.keys
+        symbol, truth = finding.symbol, finding.exchange
+        version = int(raw.get("version", 0) or 0) + 1
+        if not truth.is_open:
+            step.write("DEL", keys.position(symbol)).write("HDEL", keys.open_positions, symbol)
+            step.write(
+                "HSET", keys.position(symbol), "side", "FLAT", "qty", "0", "entry_price", "0", "version", str(version)
+            )
+        else:
+            same_side = finding.internal.side is truth.side
+            fields = [
+                "side",
+                truth.side.value,
+                "qty",
+                repr(truth.qty),
+                "entry_price",
+                repr(truth.entry_price),
+                "version",
+                str(version),
+                "opened_at",
+                raw.get("opened_at", str(now)) if same_side else str(now),
+            ]
+            if same_side:
+                for name in ("stop_loss", "take_profit"):
+                    if raw.get(name):
+                        fields += [name, raw[name]]
+            else:
+                step.write("HDEL", keys.position(symbol), "stop_loss", "take_profit")
+            step.write("HSET", keys.position(symbol), *fields)
+            step.write("HSET", keys.open_positions, symbol, repr(truth.qty * truth.entry_price))
+        snapshot = PositionSnapshot(
+            symbol=symbol,
+            side=truth.side if truth.is_open else PositionSide.FLAT,
+            qty=truth.qty if truth.is_open else 0.0,
+            entry_price=truth.entry_price if truth.is_open else 0.0,
+            mark_price=truth.entry_price if truth.is_open else 0.0,
+            unrealized_pnl=0.0,
+            stop_loss=float(raw["stop_loss"])
+            if truth.is_open and finding.internal.side is truth.side and raw.get("stop_loss")
+            else None,
+            take_profit=float(raw["take_profit"])
+            if truth.is_open and finding.internal.side is truth.side and raw.get("take_profit")
+            else None,
+            opened_at=int(raw.get("opened_at", now) or now) if truth.is_open else 0,
+            time=now,
+            source="reconciler",
+            version=version,
+        )
+        step.emit("position.snapshot", snapshot, id=f"snap:reconciler:{symbol}:{version}:{now}")
+
+
+def build(ctx: ComponentContext) -> Service:
+    return Reconciler(ctx)
