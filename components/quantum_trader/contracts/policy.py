@@ -106,6 +106,10 @@ class MarketDataSpec(Spec):
     start_price: float = Field(default=100.0, gt=0, description="first price of the synthetic generator")
     max_bars: int = Field(default=0, ge=0, description="stop after this many bars per symbol (0: all)")
     skip_bars: int = Field(default=0, ge=0, description="skip this many bars at the start of each file")
+    lockstep: bool = Field(
+        default=False,
+        description="publish the next tick only when every stream is drained: a replay fully deterministic",
+    )
 
 
 class StrategySpec(Spec):

@@ -116,6 +116,10 @@ class ComponentRunner:
                     self._heartbeat()
             self._state = "stopping"
             self._heartbeat()
+        except Exception as error:  # one log line with the cause; the supervisor or Deployment restarts us
+            log.exception("component failed", extra={"error": f"{type(error).__name__}: {error}"})
+            self._state = "failed"
+            return 1
         finally:
             metrics.UP.labels(self.ctx.name).set(0)
             self.service.close()

@@ -3,6 +3,8 @@
 Publishing is exactly-once across restarts: each batch of ticks and the count published so far are
 written in one MULTI, and a restart skips that many ticks of the same deterministic sequence. At
 full speed it holds back while any reader lags far behind, so trimming never drops unread ticks.
+In lockstep it publishes one tick at a time, each once everything the last one caused is done,
+so a replay makes the same orders at the same prices however fast each component happens to be.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from quantum_trader.bus.publish import publish
 from quantum_trader.bus.step import Output
 from quantum_trader.contracts.messages import Tick
+from quantum_trader.contracts.registry import STREAMS
 from quantum_trader.data.replay import Pacer, tick_id
 from quantum_trader.data.source import market_ticks
 from quantum_trader.runtime.service import ComponentContext, Service
@@ -50,13 +53,29 @@ class MarketData(Service):
         lags = [int(g["lag"]) for g in groups if g.get("lag") is not None]
         return max(lags, default=0)
 
+    def drained(self) -> bool:
+        """Every group of every stream has read and acked everything: the last tick's effects are done."""
+        with self.ctx.client.pipeline(transaction=False) as pipe:
+            for stream in STREAMS:
+                pipe.xinfo_groups(self.ctx.keys.stream(stream))
+            replies = pipe.execute(raise_on_error=False)
+        for groups in replies:
+            if isinstance(groups, Exception):
+                continue  # a stream nobody created yet holds nothing
+            for group in groups:
+                if int(group.get("pending", 0)) or int(group.get("lag") or 0):
+                    return False
+        return True
+
     def idle(self) -> float:
         if self.finished:
             return 1.0
+        if self.spec.lockstep and not self.drained():
+            return 0.002
         if self.spec.speed == 0 and self.readers_lag() > self.max_len // 4:
             return 0.05
         batch: list[Tick] = []
-        while len(batch) < BATCH:
+        while len(batch) < (1 if self.spec.lockstep else BATCH):
             tick = self._pending or next(self.ticks, None)
             self._pending = None
             if tick is None:

@@ -1,0 +1,303 @@
+"""The one gateway to Binance USDⓈ-M futures: python-binance's sync ``Client``, wrapped.
+
+Why a wrapper:
+- one place enforces invariant 5 — :meth:`ExchangeClient.send_order` refuses every order type
+  but MARKET before any request and counts the refusals;
+- one place maps python-binance/requests exceptions to :class:`ExchangeError` with
+  ``retryable`` and ``unknown_outcome``, so callers never guess;
+- one place points the library at the simulator (paper), the testnet or the live exchange —
+  paper mode overrides every base URL on the instance, so no path leaves for the internet;
+- the API key and secret live only inside the library client: this object's ``repr`` and
+  its log lines never contain them (invariant 10).
+
+Calls are blocking (requests); an asyncio caller runs them with ``asyncio.to_thread``. A lock
+serializes calls because a ``requests.Session`` is not meant to be shared between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import requests
+from binance.client import Client
+from binance.exceptions import BinanceAPIException, BinanceRequestException
+
+from quantum_trader.contracts.messages import OrderType, Side
+from quantum_trader.exchange.errors import (
+    DISCONNECTED,
+    INVALID_SYMBOL,
+    ORDER_DOES_NOT_EXIST,
+    RETRYABLE_CODES,
+    TIMEOUT,
+    UNKNOWN,
+    ConditionalOrderRefused,
+    ExchangeError,
+)
+from quantum_trader.exchange.filters import SymbolFilters, plain, to_decimal
+from quantum_trader.exchange.models import AccountInfo, ExchangePosition, OrderResult
+from quantum_trader.exchange.order_ids import is_valid_client_order_id
+
+log = logging.getLogger(__name__)
+
+# python-binance keeps one base URL per API family as class attributes; paper mode overrides
+# each on the instance with a path under the simulator's base URL.
+_URL_ATTRIBUTES = {
+    "API_URL": "/api",
+    "API_TESTNET_URL": "/api",
+    "API_DEMO_URL": "/api",
+    "MARGIN_API_URL": "/sapi",
+    "WEBSITE_URL": "",
+    "FUTURES_URL": "/fapi",
+    "FUTURES_TESTNET_URL": "/fapi",
+    "FUTURES_DEMO_URL": "/fapi",
+    "FUTURES_DATA_URL": "/futures/data",
+    "FUTURES_DATA_TESTNET_URL": "/futures/data",
+    "FUTURES_COIN_URL": "/dapi",
+    "FUTURES_COIN_TESTNET_URL": "/dapi",
+    "FUTURES_COIN_DEMO_URL": "/dapi",
+    "FUTURES_COIN_DATA_URL": "/futures/data",
+    "FUTURES_COIN_DATA_TESTNET_URL": "/futures/data",
+    "OPTIONS_URL": "/eapi",
+    "OPTIONS_TESTNET_URL": "/eapi",
+    "PAPI_URL": "/papi",
+}
+
+
+class ExchangeClient:
+    """Orders, order lookups, positions, account, filters and leverage on USDⓈ-M futures.
+
+    Exactly one target: ``base_url`` (paper: the simulator), ``testnet=True`` or ``live=True`` —
+    forgetting ``base_url`` can never fall through to the live exchange.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: str,
+        *,
+        base_url: str | None = None,
+        testnet: bool = False,
+        live: bool = False,
+        timeout: float = 10.0,
+        recv_window: int = 5000,
+    ) -> None:
+        if sum((base_url is not None, testnet, live)) != 1:
+            raise ValueError("choose exactly one exchange: base_url=... (paper), testnet=True or live=True")
+        if not api_key or not api_secret:
+            raise ValueError("an API key and secret are required")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        if not 0 < recv_window <= 60_000:
+            raise ValueError(f"recv_window must be 1..60000 ms, got {recv_window}")
+        self._base_url: str | None = None
+        if base_url is not None:
+            if not base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+            self._base_url = base_url.rstrip("/")
+        self.mode = "paper" if base_url is not None else "testnet" if testnet else "live"
+        self.timeout = float(timeout)
+        self._client = Client(api_key, api_secret, testnet=testnet, ping=False)
+        if self._base_url is not None:
+            for attribute, path in _URL_ATTRIBUTES.items():
+                setattr(self._client, attribute, self._base_url + path)
+        self._client.REQUEST_TIMEOUT = self.timeout
+        self._client.REQUEST_RECVWINDOW = int(recv_window)
+        self._lock = threading.Lock()
+        self._filters: dict[str, SymbolFilters] = {}
+        self.requests_sent = 0
+        """HTTP requests attempted through this client (refused orders never count)."""
+        self.refused_orders = 0
+        """orders refused before any request because their type is not MARKET (invariant 5)"""
+        self.refused_by_type: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        target = f", base_url={self._base_url!r}" if self._base_url else ""
+        return f"ExchangeClient(mode={self.mode!r}{target}, timeout={self.timeout})"
+
+    __str__ = __repr__
+
+    # ---- orders ------------------------------------------------------------------------------
+
+    def send_order(
+        self,
+        order_type: OrderType | str,
+        symbol: str,
+        side: Side | str,
+        qty: Decimal | float | str,
+        client_order_id: str,
+        reduce_only: bool = False,
+    ) -> OrderResult:
+        """Send an order of ``order_type``: MARKET goes out, every other type is refused and counted."""
+        kind = str(order_type.value if isinstance(order_type, OrderType) else order_type).upper()
+        if kind != OrderType.MARKET.value:
+            self.refused_orders += 1
+            self.refused_by_type[kind] += 1
+            log.warning(
+                "refused %s order for %s (client order id %s): only MARKET orders are sent",
+                kind,
+                symbol,
+                client_order_id,
+            )
+            raise ConditionalOrderRefused(kind)
+        return self.market_order(symbol, side, qty, client_order_id, reduce_only)
+
+    def market_order(
+        self,
+        symbol: str,
+        side: Side | str,
+        qty: Decimal | float | str,
+        client_order_id: str,
+        reduce_only: bool = False,
+    ) -> OrderResult:
+        """One MARKET order with our client order id; the answer is the fill (``newOrderRespType=RESULT``).
+
+        ``qty`` must already be on the symbol's step (see :func:`filters.round_qty_down`).
+        """
+        order_side = Side(side)
+        if not is_valid_client_order_id(client_order_id):
+            raise ValueError(f"client order id {client_order_id!r} is not 1-36 of [.A-Za-z0-9:/_-]")
+        amount = to_decimal(qty)
+        if amount <= 0:
+            raise ValueError(f"order quantity must be positive, got {qty!r}")
+        params: dict[str, Any] = {
+            "symbol": symbol,
+            "side": order_side.value,
+            "type": OrderType.MARKET.value,
+            "quantity": plain(amount),
+            "newClientOrderId": client_order_id,
+            "newOrderRespType": "RESULT",
+        }
+        if reduce_only:
+            params["reduceOnly"] = "true"
+        return OrderResult.from_binance(self._call(self._client.futures_create_order, **params))
+
+    def get_order(self, symbol: str, client_order_id: str) -> OrderResult | None:
+        """The order with ``client_order_id``, or None when the exchange has none (-2013)."""
+        try:
+            raw = self._call(self._client.futures_get_order, symbol=symbol, origClientOrderId=client_order_id)
+        except ExchangeError as error:
+            if error.code == ORDER_DOES_NOT_EXIST:
+                return None
+            raise
+        return OrderResult.from_binance(raw)
+
+    def order_fee(self, symbol: str, order_id: int) -> float:
+        """Commission paid for an order, summed over its fills (GET /fapi/v1/userTrades)."""
+        trades = self._call(self._client.futures_account_trades, symbol=symbol, orderId=order_id)
+        return float(sum(Decimal(str(t.get("commission", "0"))) for t in trades))
+
+    # ---- positions, account, rules -----------------------------------------------------------
+
+    def positions(self, symbol: str | None = None) -> list[ExchangePosition]:
+        """Positions as the exchange reports them (v3 positionRisk: open ones, or the named symbol)."""
+        params = {"symbol": symbol} if symbol else {}
+        raw = self._call(self._client.futures_position_information, **params)
+        return [ExchangePosition.from_binance(entry) for entry in raw]
+
+    def account(self) -> AccountInfo:
+        return AccountInfo.from_binance(self._call(self._client.futures_account))
+
+    def filters(self, symbol: str) -> SymbolFilters:
+        """The symbol's lot/price/notional rules; exchangeInfo is cached and re-read on a miss."""
+        found = self._filters.get(symbol)
+        if found is None:
+            self.refresh_filters()
+            found = self._filters.get(symbol)
+        if found is None:
+            raise ExchangeError(INVALID_SYMBOL, f"Invalid symbol. {symbol} is not in exchangeInfo", retryable=False)
+        return found
+
+    def refresh_filters(self) -> None:
+        info = self._call(self._client.futures_exchange_info)
+        parsed = {}
+        for entry in info.get("symbols", ()):
+            try:
+                parsed[entry["symbol"]] = SymbolFilters.from_exchange_info(entry)
+            except (KeyError, ValueError) as error:
+                log.warning("skipping exchangeInfo entry %s: %s", entry.get("symbol"), error)
+        self._filters = parsed
+
+    def set_leverage(self, symbol: str, leverage: int) -> int:
+        """Set the symbol's initial leverage; returns what the exchange applied."""
+        raw = self._call(self._client.futures_change_leverage, symbol=symbol, leverage=int(leverage))
+        return int(raw["leverage"])
+
+    # ---- time --------------------------------------------------------------------------------
+
+    def server_time(self) -> int:
+        return int(self._call(self._client.futures_time)["serverTime"])
+
+    def sync_time(self) -> int:
+        """Align request timestamps with the exchange clock (after -1021); returns the offset in ms."""
+        before = time.time() * 1000
+        server = self.server_time()
+        after = time.time() * 1000
+        offset = int(server - (before + after) / 2)
+        self._client.timestamp_offset = offset
+        return offset
+
+    @property
+    def timestamp_offset(self) -> int:
+        return int(self._client.timestamp_offset)
+
+    @timestamp_offset.setter
+    def timestamp_offset(self, value: int) -> None:
+        self._client.timestamp_offset = int(value)
+
+    def ping(self) -> None:
+        self._call(self._client.futures_ping)
+
+    def close(self) -> None:
+        self._client.session.close()
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., Any], **params: Any) -> Any:
+        with self._lock:
+            self.requests_sent += 1
+            try:
+                return method(**params)
+            except BinanceAPIException as error:
+                raise api_error(error) from None
+            except requests.Timeout:
+                raise ExchangeError(
+                    TIMEOUT,
+                    f"no answer within {self.timeout:g}s; the request may have been executed",
+                    retryable=True,
+                    unknown_outcome=True,
+                ) from None
+            except requests.ConnectionError as error:
+                raise ExchangeError(
+                    DISCONNECTED,
+                    f"connection to the exchange failed ({type(error).__name__}); the request may have been executed",
+                    retryable=True,
+                    unknown_outcome=True,
+                ) from None
+            except BinanceRequestException as error:
+                raise ExchangeError(
+                    UNKNOWN, f"unreadable answer: {error.message[:200]}", retryable=True, unknown_outcome=True
+                ) from None
+
+
+def api_error(error: BinanceAPIException) -> ExchangeError:
+    """Map an HTTP error answer: 5xx, 429 and Binance's transient codes are retryable."""
+    status = int(error.status_code)
+    code = int(error.code or 0)
+    if not code:
+        code = UNKNOWN
+    server_side = status >= 500
+    retryable = server_side or status == 429 or code in RETRYABLE_CODES
+    message = str(error.message or f"HTTP {status}")
+    return ExchangeError(
+        code,
+        message,
+        retryable=retryable,
+        unknown_outcome=server_side or code == TIMEOUT,
+        http_status=status,
+    )
