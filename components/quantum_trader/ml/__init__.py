@@ -1,0 +1,1 @@
+"""Features, strategies and models that turn market ticks into trade intents."""
