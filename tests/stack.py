@@ -49,16 +49,16 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, supervi
         time.sleep(0.1)
     detail = ""
     if supervisor is not None:
-        detail = "\n".join(log_tail(supervisor, c) for c in supervisor.components)
+        detail = "\n".join(log_tail(supervisor, pod) for pod in supervisor.processes)
     pytest.fail(f"timed out after {timeout}s waiting for {what}\n{detail}")
 
 
-def log_tail(supervisor: Supervisor, component: str, lines: int = 8) -> str:
-    path = supervisor.processes[component].log_path
+def log_tail(supervisor: Supervisor, pod: str, lines: int = 8) -> str:
+    path = supervisor.processes[pod].log_path
     if not path.exists():
-        return f"--- {component}: no log"
+        return f"--- {pod}: no log"
     text = path.read_text(errors="replace").splitlines()[-lines:]
-    return f"--- {component} ({supervisor.processes[component].state}):\n" + "\n".join(text)
+    return f"--- {pod} ({supervisor.processes[pod].state}):\n" + "\n".join(text)
 
 
 def sim_orders(supervisor: Supervisor) -> list[dict]:

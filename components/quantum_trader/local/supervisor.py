@@ -139,14 +139,18 @@ class Supervisor:
         if self.exchange_url:
             base_env["QT_EXCHANGE_URL"] = self.exchange_url
         for component in self.components:
-            env = dict(base_env)
-            env.update(
-                QT_COMPONENT=component,
-                QT_POD=f"{component}-0",
-                QT_HEALTH_PORT=str(free_port()),
-                QT_METRICS_PORT=str(free_port()),
-            )
-            self.processes[component] = Process(component, env, self.workdir / f"{component}.log")
+            settings = self.policy.components.get(component)
+            replicas = settings.replicas if settings is not None else 1
+            for index in range(max(replicas, 1)):
+                env = dict(base_env)
+                pod = f"{component}-{index}"
+                env.update(
+                    QT_COMPONENT=component,
+                    QT_POD=pod,
+                    QT_HEALTH_PORT=str(free_port()),
+                    QT_METRICS_PORT=str(free_port()),
+                )
+                self.processes[pod] = Process(component, env, self.workdir / f"{pod}.log")
         run_file().write_text(
             json.dumps(
                 {
@@ -157,16 +161,16 @@ class Supervisor:
                     "starting_equity": self.policy.simulator.starting_balance,
                     "exchange_url": self.exchange_url,
                     "workdir": str(self.workdir),
-                    "metrics_ports": {c: int(p.env["QT_METRICS_PORT"]) for c, p in self.processes.items()},
+                    "metrics_ports": {pod: int(p.env["QT_METRICS_PORT"]) for pod, p in self.processes.items()},
                 },
                 indent=2,
             )
         )
 
     def start(self) -> None:
-        for component in self.components:
-            self.processes[component].start()
-            if component == "exchange-sim":
+        for process in self.processes.values():
+            process.start()
+            if process.component == "exchange-sim":
                 self._wait_for_exchange()
 
     def _wait_for_exchange(self, timeout: float = 20.0) -> None:
@@ -174,7 +178,7 @@ class Supervisor:
         import urllib.request
 
         deadline = time.monotonic() + timeout
-        process = self.processes["exchange-sim"]
+        process = self.processes["exchange-sim-0"]
         while time.monotonic() < deadline:
             if process.popen is not None and process.popen.poll() is not None:
                 return  # the supervision loop reports and restarts it
@@ -204,7 +208,17 @@ class Supervisor:
             log.warning("component exited", extra={"component": process.component, "code": code})
 
     def process_states(self) -> dict[str, tuple[str, int]]:
-        return {name: (p.state, p.restarts) for name, p in self.processes.items()}
+        """component -> (state of its worst replica, restarts of all replicas)"""
+        states: dict[str, tuple[str, int]] = {}
+        for process in self.processes.values():
+            state, restarts = states.get(process.component, ("running", 0))
+            if process.state != "running":
+                state = process.state
+            states[process.component] = (state, restarts + process.restarts)
+        return states
+
+    def pods(self, component: str) -> list[Process]:
+        return [p for p in self.processes.values() if p.component == component]
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every component (each finishes its current message), then SIGKILL stragglers."""

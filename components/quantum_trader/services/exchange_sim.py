@@ -85,7 +85,8 @@ class ExchangeSim(Service):
         if self.error is not None or not self._thread.is_alive():
             raise RuntimeError(f"exchange simulator stopped: {self.error}")
         if self.app is not None:
-            self.counters["orders"] = len(self.app.engine.orders())
+            # the status table's "processed" for the simulator is orders handled
+            self.counters["orders"] = self.counters["processed"] = len(self.app.engine.orders())
         return 1.0
 
     def ready(self) -> tuple[bool, str]:
