@@ -148,6 +148,11 @@ class SimulatorSpec(Spec):
     faults: FaultSpec = Field(default_factory=FaultSpec, description="fault injection for tests")
 
 
+class ExchangeSpec(Spec):
+    request_timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="HTTP timeout per request")
+    recv_window_ms: int = Field(default=5000, ge=1, le=60000, description="Binance recvWindow for signed requests")
+
+
 class ReconcilerSpec(Spec):
     interval_seconds: float = Field(default=30.0, gt=0, description="time between reconciliations")
     qty_tolerance_steps: float = Field(default=1.0, ge=0, description="allowed qty difference in step sizes")
@@ -185,6 +190,7 @@ class PolicySpec(Spec):
     )
     streams: StreamRetention = Field(default_factory=StreamRetention, description="stream retention")
     market_data: MarketDataSpec = Field(default_factory=MarketDataSpec, description="market data source")
+    exchange: ExchangeSpec = Field(default_factory=ExchangeSpec, description="exchange client settings")
     simulator: SimulatorSpec = Field(default_factory=SimulatorSpec, description="exchange-sim settings")
     reconciler: ReconcilerSpec = Field(default_factory=ReconcilerSpec, description="reconciler settings")
     exits: ExitSpec = Field(default_factory=ExitSpec, description="exit-brain settings")

@@ -33,11 +33,17 @@ def exchange_client(ctx: ComponentContext) -> ExchangeClient:
     if not settings.api_key or not settings.api_secret:
         raise SettingsError("BINANCE_API_KEY and BINANCE_API_SECRET are required (from a Secret)")
     mode = ctx.policy.mode.value
+    options = {
+        "timeout": ctx.policy.exchange.request_timeout_seconds,
+        "recv_window": ctx.policy.exchange.recv_window_ms,
+    }
     if mode == "paper":
         if not settings.exchange_url:
             raise SettingsError("QT_EXCHANGE_URL is required in paper mode (the exchange simulator)")
-        return ExchangeClient(settings.api_key, settings.api_secret, base_url=settings.exchange_url)
-    return ExchangeClient(settings.api_key, settings.api_secret, testnet=mode == "testnet", live=mode == "live")
+        return ExchangeClient(settings.api_key, settings.api_secret, base_url=settings.exchange_url, **options)
+    return ExchangeClient(
+        settings.api_key, settings.api_secret, testnet=mode == "testnet", live=mode == "live", **options
+    )
 
 
 class ApplyLayer(Service):
