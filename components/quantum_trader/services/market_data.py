@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from quantum_trader.bus.publish import publish
 from quantum_trader.bus.step import Output
 from quantum_trader.contracts.messages import Tick
-from quantum_trader.contracts.registry import STREAMS
+from quantum_trader.contracts.registry import COMPONENTS, STREAMS
 from quantum_trader.data.replay import Pacer, tick_id
 from quantum_trader.data.source import market_ticks
 from quantum_trader.runtime.service import ComponentContext, Service
@@ -54,14 +54,22 @@ class MarketData(Service):
         return max(lags, default=0)
 
     def drained(self) -> bool:
-        """Every group of every stream has read and acked everything: the last tick's effects are done."""
+        """Every enabled reader's group exists and every group of every stream has read and acked
+        everything: the last tick's effects are done."""
+        expected = {
+            stream: {c for c in self.ctx.policy.enabled_components() if stream in COMPONENTS[c].inputs}
+            for stream in STREAMS
+        }
         with self.ctx.client.pipeline(transaction=False) as pipe:
             for stream in STREAMS:
                 pipe.xinfo_groups(self.ctx.keys.stream(stream))
             replies = pipe.execute(raise_on_error=False)
-        for groups in replies:
+        for stream, groups in zip(STREAMS, replies, strict=True):
             if isinstance(groups, Exception):
-                continue  # a stream nobody created yet holds nothing
+                groups = []  # no stream yet: it holds nothing, but its readers must still show up
+            names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
+            if not expected[stream] <= names:
+                return False
             for group in groups:
                 if int(group.get("pending", 0)) or int(group.get("lag") or 0):
                     return False

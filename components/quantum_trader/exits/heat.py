@@ -1,0 +1,281 @@
+"""heat-gate: which harvest proposals become EXIT plans, by portfolio heat (pure; the service does the I/O).
+
+Portfolio heat is the sum of open risk to the stops divided by equity (position-state writes it to
+``portfolio:heat`` with the wall time). Harvesting only ever reduces risk, so the gate is not there
+to stop dangerous orders; it decides when taking profit off the table is worth giving up the rest
+of the move, and it refuses to act on inputs it cannot trust.
+
+Fail closed (DESIGN §4.2; in production a heat gate passed everything when its inputs were
+missing). Every one of these holds the proposal — no plan — with a reason the service counts and
+logs before it acks:
+
+==============================  ============================================================
+``kill_switch``                 kill switch at scope ``exits`` or ``all`` (or the control key
+                                missing/unreadable, which reads as ``all``): only the baseline
+                                stop-loss/take-profit of exit-brain stays live (invariant 8)
+``heat_missing``                no ``portfolio:heat`` hash
+``heat_unreadable``             a field missing or not a finite number, negative heat or risk,
+                                equity <= 0, heat != open_risk / equity, or a time in the future
+``heat_stale``                  heat older than ``max_age_ms`` (60 s) by the wall clock
+``position_missing``            no ``position:<symbol>`` hash
+``position_unreadable``         side, qty or opened_at missing or malformed
+``position_flat``               the position is already closed
+``position_changed``            the position was opened after the proposal: it was for an
+                                earlier trade on the symbol
+``heat_below_partial``          the rule below: a PARTIAL_CLOSE while the book is cool
+==============================  ============================================================
+
+The rule, with ``u = heat / maxPortfolioHeat``:
+
+==================  ==========================  ====================================
+u                   CLOSE                       PARTIAL_CLOSE
+==================  ==========================  ====================================
+< 0.5               pass                        hold (``heat_below_partial``)
+0.5 .. < 1          pass                        pass
+>= 1 (over limit)   pass, tagged                pass, tagged ``heat_over_limit``
+                    ``heat_over_limit``
+==================  ==========================  ====================================
+
+- CLOSE always passes: the kill score says the trade is reversing, and closing is the most
+  risk-reducing thing there is. It has priority in the sense that heat never delays it.
+- PARTIAL_CLOSE passes once the book carries at least half its allowed heat: below that there is
+  room for risk, the position's own stop and take-profit protect it, and banking half of a 2 R
+  winner would mostly cut the winner short. From half the limit up, taking risk off is worth it.
+- Over the limit every harvest passes and is tagged, so the audit trail shows the gate shedding
+  heat. The plan's quantity is the proposal's fraction of the position's current quantity
+  (never more than the position: invariant 6), reduce-only MARKET (invariant 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from quantum_trader.contracts.messages import (
+    HarvestAction,
+    HarvestProposal,
+    OrderType,
+    Plan,
+    PlanKind,
+    PositionSide,
+    Side,
+)
+
+SOURCE = "heat-gate"
+
+HOLD_KILL_SWITCH = "kill_switch"
+HOLD_HEAT_MISSING = "heat_missing"
+HOLD_HEAT_UNREADABLE = "heat_unreadable"
+HOLD_HEAT_STALE = "heat_stale"
+HOLD_POSITION_MISSING = "position_missing"
+HOLD_POSITION_UNREADABLE = "position_unreadable"
+HOLD_POSITION_FLAT = "position_flat"
+HOLD_POSITION_CHANGED = "position_changed"
+HOLD_BELOW_PARTIAL = "heat_below_partial"
+
+HOLD_REASONS = (
+    HOLD_KILL_SWITCH,
+    HOLD_HEAT_MISSING,
+    HOLD_HEAT_UNREADABLE,
+    HOLD_HEAT_STALE,
+    HOLD_POSITION_MISSING,
+    HOLD_POSITION_UNREADABLE,
+    HOLD_POSITION_FLAT,
+    HOLD_POSITION_CHANGED,
+    HOLD_BELOW_PARTIAL,
+)
+
+TAG_OVER_LIMIT = "heat_over_limit"
+
+
+class Hold(Exception):
+    """A proposal the gate will not turn into a plan: ``reason`` is one of HOLD_REASONS."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class GateSettings:
+    max_portfolio_heat: float
+    """RiskLimits.max_portfolio_heat"""
+    partial_min_utilization: float = 0.5
+    """PARTIAL_CLOSE passes from this share of the heat limit up"""
+    max_age_ms: int = 60_000
+    """heat older than this (wall clock) is stale"""
+    max_future_ms: int = 5_000
+    """clock skew tolerated for a heat time ahead of ours; more is unreadable"""
+    consistency_tolerance: float = 0.01
+    """relative tolerance of heat against open_risk / equity"""
+
+    def __post_init__(self) -> None:
+        if self.max_portfolio_heat <= 0:
+            raise ValueError("max_portfolio_heat must be positive")
+        if self.partial_min_utilization < 0 or self.max_age_ms <= 0 or self.max_future_ms < 0:
+            raise ValueError("gate thresholds must not be negative (and max_age_ms positive)")
+
+
+@dataclass(frozen=True, slots=True)
+class HeatReading:
+    heat: float
+    open_risk: float
+    equity: float
+    positions: int
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatePosition:
+    side: PositionSide
+    qty: float
+    opened_at: int
+    entry_price: float | None = None
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    utilization: float
+    side: Side
+    """the closing side of the position"""
+    qty: float
+    reason_codes: tuple[str, ...]
+
+
+def _number(raw: Mapping[str, str], name: str, reason: str) -> float:
+    text = raw.get(name)
+    if text is None or str(text).strip() == "":
+        raise Hold(reason, f"field {name!r} missing")
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise Hold(reason, f"field {name!r}={text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise Hold(reason, f"field {name!r}={text!r} is not finite")
+    return value
+
+
+def read_heat(raw: Mapping[str, str] | None, now_ms: int, settings: GateSettings) -> HeatReading:
+    """The ``portfolio:heat`` hash checked for presence, shape, consistency and age; raises :class:`Hold`."""
+    if not raw:
+        raise Hold(HOLD_HEAT_MISSING, "portfolio:heat is absent")
+    heat = _number(raw, "heat", HOLD_HEAT_UNREADABLE)
+    open_risk = _number(raw, "open_risk", HOLD_HEAT_UNREADABLE)
+    equity = _number(raw, "equity", HOLD_HEAT_UNREADABLE)
+    positions = _number(raw, "positions", HOLD_HEAT_UNREADABLE)
+    time = _number(raw, "time", HOLD_HEAT_UNREADABLE)
+    if heat < 0 or open_risk < 0 or positions < 0 or positions != int(positions):
+        raise Hold(HOLD_HEAT_UNREADABLE, f"negative or fractional values: heat={heat} open_risk={open_risk}")
+    if equity <= 0:
+        raise Hold(HOLD_HEAT_UNREADABLE, f"equity {equity} <= 0: heat is meaningless")
+    expected = open_risk / equity
+    if abs(heat - expected) > settings.consistency_tolerance * max(expected, heat) + 1e-12:
+        # e.g. a heat written in percent (6.0) against a limit in fractions (0.06): never guess
+        raise Hold(HOLD_HEAT_UNREADABLE, f"heat {heat} != open_risk/equity {expected:.6g}")
+    if time - now_ms > settings.max_future_ms:
+        raise Hold(HOLD_HEAT_UNREADABLE, f"heat time {int(time)} is {int(time - now_ms)} ms in the future")
+    age = now_ms - time
+    if age > settings.max_age_ms:
+        raise Hold(HOLD_HEAT_STALE, f"heat is {age / 1000:.1f} s old (limit {settings.max_age_ms / 1000:.0f} s)")
+    return HeatReading(heat, open_risk, equity, int(positions), int(time))
+
+
+def read_position(raw: Mapping[str, str] | None) -> GatePosition:
+    """The ``position:<symbol>`` hash (written by position-state and the reconciler); raises :class:`Hold`."""
+    if not raw:
+        raise Hold(HOLD_POSITION_MISSING, "position hash is absent")
+    side_text = raw.get("side")
+    try:
+        side = PositionSide(str(side_text).strip().upper())
+    except ValueError:
+        raise Hold(HOLD_POSITION_UNREADABLE, f"side {side_text!r}") from None
+    qty = _number(raw, "qty", HOLD_POSITION_UNREADABLE)
+    opened_at = _number(raw, "opened_at", HOLD_POSITION_UNREADABLE)
+    if qty < 0:
+        raise Hold(HOLD_POSITION_UNREADABLE, f"qty {qty} < 0")
+    if side is PositionSide.FLAT or qty == 0:
+        raise Hold(HOLD_POSITION_FLAT, "no open position")
+    entry_text = raw.get("entry_price")
+    entry = _number(raw, "entry_price", HOLD_POSITION_UNREADABLE) if entry_text not in (None, "") else None
+    version_text = raw.get("version")
+    version = int(_number(raw, "version", HOLD_POSITION_UNREADABLE)) if version_text not in (None, "") else 0
+    return GatePosition(side=side, qty=qty, opened_at=int(opened_at), entry_price=entry, version=version)
+
+
+def gate(
+    proposal: HarvestProposal,
+    heat: HeatReading,
+    position: GatePosition,
+    settings: GateSettings,
+) -> GateDecision:
+    """Apply the heat rule to a proposal with trusted inputs; raises :class:`Hold` when it waits."""
+    if position.opened_at > proposal.time:
+        raise Hold(HOLD_POSITION_CHANGED, f"position opened at {position.opened_at}, proposal made at {proposal.time}")
+    utilization = heat.heat / settings.max_portfolio_heat
+    if proposal.action is HarvestAction.PARTIAL_CLOSE and utilization < settings.partial_min_utilization:
+        raise Hold(
+            HOLD_BELOW_PARTIAL,
+            f"heat {heat.heat:.4f} is {utilization:.0%} of the limit (< {settings.partial_min_utilization:.0%})",
+        )
+    if proposal.action is HarvestAction.CLOSE:
+        qty = position.qty
+        codes: tuple[str, ...] = ("harvest_close",)
+    elif proposal.action is HarvestAction.PARTIAL_CLOSE:
+        qty = min(position.qty, proposal.fraction * position.qty)
+        codes = ("harvest_partial",)
+    else:
+        # HOLD proposals are never emitted by harvest; one that arrives anyway is nothing to do
+        raise Hold(HOLD_BELOW_PARTIAL, "HOLD proposal")
+    if utilization >= 1.0:
+        codes = (*codes, TAG_OVER_LIMIT)
+    return GateDecision(utilization=utilization, side=position.side.closing_side, qty=qty, reason_codes=codes)
+
+
+def evaluate(
+    proposal: HarvestProposal,
+    heat_raw: Mapping[str, str] | None,
+    position_raw: Mapping[str, str] | None,
+    now_ms: int,
+    settings: GateSettings,
+    *,
+    kill_switch_hold: bool,
+) -> GateDecision:
+    """Every check in order — kill switch, heat, position, rule; raises :class:`Hold` on the first failure."""
+    if kill_switch_hold:
+        raise Hold(HOLD_KILL_SWITCH, "kill switch forces non-baseline exits to SHADOW")
+    heat = read_heat(heat_raw, now_ms, settings)
+    position = read_position(position_raw)
+    return gate(proposal, heat, position, settings)
+
+
+def plan_id_for(proposal: HarvestProposal) -> str:
+    """Deterministic from the proposal id: a redelivered proposal can only make the same plan.
+
+    Plan ids are at most 128 characters; a longer proposal id is replaced by its sha256 prefix.
+    """
+    plan_id = f"heat:{proposal.proposal_id}"
+    if len(plan_id) <= 128:
+        return plan_id
+    return "heat:" + hashlib.sha256(proposal.proposal_id.encode("utf-8")).hexdigest()[:48]
+
+
+def build_plan(proposal: HarvestProposal, decision: GateDecision, corr: str = "") -> Plan:
+    """The EXIT plan for a passed proposal: closing side, reduce-only MARKET, sized by the decision."""
+    return Plan(
+        symbol=proposal.symbol,
+        plan_id=plan_id_for(proposal),
+        kind=PlanKind.EXIT,
+        side=decision.side,
+        order_type=OrderType.MARKET,
+        qty=decision.qty,
+        reduce_only=True,
+        reason_codes=(*decision.reason_codes, *proposal.reasons[:1]),
+        source=SOURCE,
+        time=proposal.time,
+        price=proposal.price,
+        corr=corr,
+    )

@@ -1,0 +1,225 @@
+"""heat-gate against a real redis-server: fail closed (no heat -> nothing sent, proposal acked), pass when fresh."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from quantum_trader.bus.consumer import StreamConsumer
+from quantum_trader.bus.control import Scope, write_control
+from quantum_trader.bus.publish import publish
+from quantum_trader.bus.step import Output
+from quantum_trader.contracts.envelope import decode
+from quantum_trader.contracts.keys import Keys
+from quantum_trader.contracts.messages import HarvestAction, HarvestProposal, OrderType, Plan, PlanKind, Side
+from quantum_trader.contracts.policy import PolicySpec
+from quantum_trader.runtime.runner import connect
+from quantum_trader.runtime.service import ComponentContext
+from quantum_trader.runtime.settings import load_settings
+from quantum_trader.services.heat_gate import HeatGate, build
+
+OPENED = 1_700_000_000_000
+SYMBOL = "SOLUSDT"
+
+
+class Harness:
+    def __init__(self, redis_url: str, instance: str, pod: str = "heat-gate-0"):
+        settings = load_settings(
+            env={"QT_COMPONENT": "heat-gate", "QT_INSTANCE": instance, "QT_REDIS_URL": redis_url, "QT_POD": pod}
+        )
+        self.ctx = ComponentContext(
+            settings=settings, policy=PolicySpec(), client=connect(redis_url), keys=Keys(instance)
+        )
+        self.service = build(self.ctx)
+        assert isinstance(self.service, HeatGate)
+        self.consumer = StreamConsumer(
+            self.ctx.client, self.ctx.keys, "heat-gate", pod, self.service.handlers(), self.ctx.policy.streams
+        )
+        self.consumer.ensure_groups()
+
+    def drain(self) -> None:
+        idle = 0
+        while idle < 2:
+            idle = 0 if self.consumer.poll_once(block_ms=20) else idle + 1
+
+    def close(self) -> None:
+        self.ctx.client.close()
+
+
+@pytest.fixture
+def keys(instance: str) -> Keys:
+    return Keys(instance)
+
+
+@pytest.fixture
+def gate(redis_url, instance, r, keys):
+    write_control(r, keys, engaged=False)
+    harness = Harness(redis_url, instance)
+    yield harness
+    harness.close()
+
+
+def proposal(action: HarvestAction = HarvestAction.PARTIAL_CLOSE, rule: str = "partial_2r") -> HarvestProposal:
+    return HarvestProposal(
+        symbol=SYMBOL,
+        proposal_id=f"harvest:{SYMBOL}:{OPENED}:{rule}",
+        time=OPENED + 600_000,
+        action=action,
+        fraction=0.5 if action is HarvestAction.PARTIAL_CLOSE else 1.0,
+        r_multiple=2.1,
+        kill_score=0.1,
+        price=150.0,
+        reasons=(rule,),
+    )
+
+
+def send(r, keys: Keys, prop: HarvestProposal) -> None:
+    publish(r, keys, Output("harvest.proposal", prop, id=prop.proposal_id), 10_000)
+
+
+def write_heat(r, keys: Keys, heat: float, age_ms: int = 0) -> None:
+    now = int(time.time() * 1000)  # position-state stamps heat with the wall clock
+    equity = 10_000.0
+    r.hset(
+        keys.portfolio_heat,
+        mapping={
+            "heat": repr(heat),
+            "open_risk": repr(heat * equity),
+            "equity": repr(equity),
+            "positions": "2",
+            "time": str(now - age_ms),
+        },
+    )
+
+
+def write_position(r, keys: Keys, side: str = "SHORT", qty: str = "8.0") -> None:
+    r.hset(
+        keys.position(SYMBOL),
+        mapping={
+            "side": side,
+            "qty": qty,
+            "entry_price": "160.0",
+            "stop_loss": "165.0",
+            "take_profit": "140.0",
+            "opened_at": str(OPENED),
+            "version": "3",
+        },
+    )
+
+
+def plans(r, keys: Keys) -> list[Plan]:
+    return [decode(fields, Plan).message for _, fields in r.xrange(keys.stream("apply.plan"))]
+
+
+def assert_acked(r, keys: Keys, prop: HarvestProposal) -> None:
+    assert r.xpending(keys.stream("harvest.proposal"), "heat-gate")["pending"] == 0
+    assert r.exists(keys.done("heat-gate", prop.proposal_id))
+
+
+def test_no_heat_key_emits_nothing_and_the_proposal_is_acked(r, keys, gate):
+    write_position(r, keys)
+    send(r, keys, proposal(HarvestAction.CLOSE, "kill"))
+    gate.drain()
+    assert plans(r, keys) == []
+    assert_acked(r, keys, proposal(HarvestAction.CLOSE, "kill"))
+    assert gate.service.counters["hold_heat_missing"] == 1
+    assert gate.service.counters["passed"] == 0
+    assert gate.consumer.stats.processed == 1 and gate.consumer.stats.dead_lettered == 0
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (lambda r, k: (write_heat(r, k, 0.05, age_ms=120_000), write_position(r, k)), "hold_heat_stale"),
+        (
+            lambda r, k: (r.hset(k.portfolio_heat, mapping={"heat": "warm", "time": "1"}), write_position(r, k)),
+            "hold_heat_unreadable",
+        ),
+        (lambda r, k: write_heat(r, k, 0.05), "hold_position_missing"),
+        (lambda r, k: (write_heat(r, k, 0.05), write_position(r, k, side="FLAT", qty="0")), "hold_position_flat"),
+        (lambda r, k: (write_heat(r, k, 0.01), write_position(r, k)), "hold_heat_below_partial"),
+    ],
+)
+def test_every_hold_is_counted_and_acked(r, keys, gate, setup, reason):
+    setup(r, keys)
+    prop = proposal()
+    send(r, keys, prop)
+    gate.drain()
+    assert plans(r, keys) == []
+    assert_acked(r, keys, prop)
+    assert gate.service.counters[reason] == 1
+    assert sum(v for k, v in gate.service.counters.items() if k.startswith("hold_")) == 1
+
+
+def test_kill_switch_exits_holds_harvests(r, keys, gate):
+    write_control(r, keys, engaged=True, scope=Scope.EXITS, reason="test")
+    write_heat(r, keys, 0.05)
+    write_position(r, keys)
+    send(r, keys, proposal(HarvestAction.CLOSE, "kill"))
+    gate.drain()
+    assert plans(r, keys) == []
+    assert gate.service.counters["hold_kill_switch"] == 1
+
+
+def test_fresh_heat_and_position_make_a_reduce_only_exit_plan(r, keys, gate):
+    write_heat(r, keys, 0.05)
+    write_position(r, keys, side="SHORT", qty="8.0")
+    prop = proposal()
+    send(r, keys, prop)
+    send(r, keys, prop)  # a duplicate proposal: one plan only
+    gate.drain()
+    made = plans(r, keys)
+    assert len(made) == 1
+    plan = made[0]
+    assert plan.kind is PlanKind.EXIT and plan.side is Side.BUY and plan.qty == 4.0
+    assert plan.reduce_only is True and plan.order_type is OrderType.MARKET
+    assert plan.source == "heat-gate" and plan.plan_id == f"heat:{prop.proposal_id}"
+    assert plan.reason_codes == ("harvest_partial", "partial_2r")
+    assert gate.service.counters["passed"] == 1
+    assert_acked(r, keys, prop)
+
+
+def test_harvest_to_heat_gate_end_to_end(redis_url, instance, r, keys, gate):
+    """A real proposal from harvest, through the stream, becomes the gate's plan."""
+    from quantum_trader.contracts.messages import PositionSide, PositionSnapshot, Tick
+    from quantum_trader.services.harvest import build as build_harvest
+
+    settings = load_settings(
+        env={"QT_COMPONENT": "harvest", "QT_INSTANCE": instance, "QT_REDIS_URL": redis_url, "QT_POD": "h"}
+    )
+    ctx = ComponentContext(settings=settings, policy=PolicySpec(), client=connect(redis_url), keys=keys)
+    harvest = build_harvest(ctx)
+    consumer = StreamConsumer(ctx.client, keys, "harvest", "h", harvest.handlers(), ctx.policy.streams)
+    consumer.ensure_groups()
+    snap = PositionSnapshot(
+        symbol=SYMBOL,
+        side=PositionSide.SHORT,
+        qty=8.0,
+        entry_price=160.0,
+        mark_price=160.0,
+        unrealized_pnl=0.0,
+        stop_loss=165.0,
+        take_profit=140.0,
+        opened_at=OPENED,
+        time=OPENED,
+        source="position-state",
+        version=3,
+    )
+    publish(r, keys, Output("position.snapshot", snap, id="snap:1"), 10_000)
+    for _ in range(3):  # the snapshot first: one read takes both streams, ticks before snapshots
+        consumer.poll_once(block_ms=20)
+    for i, price in enumerate([158.0, 151.0, 149.0]):
+        t = OPENED + 60_000 * (i + 1)
+        tick = Tick(symbol=SYMBOL, price=price, bid=price, ask=price, volume=1.0, event_time=t, source="test")
+        publish(r, keys, Output("market.tick", tick, id=f"tick:{t}"), 10_000)
+    for _ in range(4):
+        consumer.poll_once(block_ms=20)
+    write_heat(r, keys, 0.05)
+    write_position(r, keys, side="SHORT", qty="8.0")
+    gate.drain()
+    made = plans(r, keys)
+    assert len(made) == 1
+    assert made[0].plan_id == f"heat:harvest:{SYMBOL}:{OPENED}:partial_2r"
+    assert made[0].side is Side.BUY and made[0].qty == 4.0 and made[0].price == 149.0  # 2.2 R: (160 - 149) / 5
+    ctx.client.close()
