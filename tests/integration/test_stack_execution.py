@@ -259,9 +259,10 @@ def test_a_position_changed_behind_our_back_is_found_corrected_and_halts_entries
         wait_for(lambda: r.hget(keys.position("S07USDT"), "qty"), 30, "the position", stack)
         qty = float(r.hget(keys.position("S07USDT"), "qty"))
         sim_admin(stack, "/sim/adjust-position", {"symbol": "S07USDT", "qty": str(qty * 3), "entryPrice": "100"})
-        events = wait_for(lambda: stream(r, stack, "reconcile.events"), 15, "a reconcile event", stack)
+        # explained events (an order in flight at that moment) may come first; the drift is the unexplained one
+        events = wait_for(lambda: [e for e in stream(r, stack, "reconcile.events") if not e["explained"]], 15,
+                          "an unexplained reconcile event", stack)
         assert events[0]["symbol"] == "S07USDT" and events[0]["kind"] == "QTY_MISMATCH"
-        assert events[0]["explained"] is False
         wait_for(lambda: float(r.hget(keys.position("S07USDT"), "qty")) == pytest.approx(qty * 3), 10,
                  "the correction", stack)
         assert "reconciler" in r.hgetall(keys.halts)
