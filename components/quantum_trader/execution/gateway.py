@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from quantum_trader.bus.control import ControlState
+from quantum_trader.contracts.control import ControlState
 from quantum_trader.contracts.messages import Approval, OrderType, PlanKind, ResultStatus
 from quantum_trader.exchange.filters import SymbolFilters, check_order, qty_for_notional, round_qty_down
 
