@@ -29,7 +29,9 @@ class Delivery:
     deliveries: int
 
 
-Handler = Callable[[Envelope, Delivery], "Step | None"]
+Handler = Callable[[Envelope, Delivery], "Step | StepOutcome | None"]
+"""A handler returns the Step the consumer applies exactly once, or — when it ran its own stage script
+(the governor's Lua decides and steps in one call) — that script's StepOutcome."""
 
 
 class StepConflict(Exception):
@@ -161,7 +163,12 @@ class StreamConsumer:
             if self.client.exists(self.keys.done(self.group, envelope.id)):
                 self._ack(self.keys.stream(delivery.stream), delivery.entry_id)
                 return StepOutcome.DUPLICATE
-            step = handler(envelope, delivery) or Step()
+            answer = handler(envelope, delivery)
+            if isinstance(answer, StepOutcome):
+                if answer is StepOutcome.CONFLICT:
+                    continue
+                return answer
+            step = answer or Step()
             outcome = self.steps.run(
                 step,
                 message_id=envelope.id,

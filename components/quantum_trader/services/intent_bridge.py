@@ -14,6 +14,11 @@ from quantum_trader.execution.sizing import Skip, plan_for_intent
 from quantum_trader.runtime.service import ComponentContext, Service
 
 FILTERS_TTL_SECONDS = 60.0
+FILTERS_WAIT_SECONDS = 120.0
+
+
+class FiltersNotPublished(RuntimeError):
+    """apply-layer has not shared any exchange rules yet: hold the intent (it stays pending, nothing is lost)."""
 
 
 class IntentBridge(Service):
@@ -37,6 +42,20 @@ class IntentBridge(Service):
             self._filters_read = time.monotonic()
         return self._filters.get(symbol)
 
+    def start(self) -> None:
+        """Wait for apply-layer's exchange rules so the first intents are not skipped for want of them."""
+        deadline = time.monotonic() + FILTERS_WAIT_SECONDS
+        while not self.ctx.client.exists(self.ctx.keys.exchange_filters) and not self.ctx.stop.is_set():
+            if time.monotonic() > deadline:
+                self.ctx.log.warning("no exchange rules published yet; intents are held until there are")
+                return
+            self.ctx.stop.wait(0.2)
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.ctx.client.exists(self.ctx.keys.exchange_filters):
+            return False, "waiting for exchange rules from apply-layer"
+        return True, "ready"
+
     def position_side(self, symbol: str) -> PositionSide:
         side = self.ctx.client.hget(self.ctx.keys.position(symbol), "side")
         if side is None:
@@ -45,11 +64,14 @@ class IntentBridge(Service):
 
     def on_intent(self, envelope: Envelope[TradeIntent], delivery: Delivery) -> Step:
         intent = envelope.message
+        filters = self.filters(intent.symbol)
+        if filters is None and not self._filters:
+            raise FiltersNotPublished("no exchange rules published yet")
         result = plan_for_intent(
             intent,
             allowlist=self.allowlist,
             limits=self.ctx.policy.risk,
-            filters=self.filters(intent.symbol),
+            filters=filters,
             position_side=self.position_side(intent.symbol),
         )
         if isinstance(result, Skip):
