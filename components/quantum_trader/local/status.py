@@ -152,7 +152,8 @@ def render(status: StackStatus, title: str = "quantum-trader"):
     from rich.table import Table
 
     table = Table(title=title, caption=_caption(status.summary), expand=False)
-    for column in ("component", "state", "processed", "lag", "pending", "last event", "restarts", "detail"):
+    table.add_column("component", no_wrap=True, min_width=14)
+    for column in ("state", "processed", "lag", "pending", "last event", "restarts", "detail"):
         table.add_column(column, justify="right" if column in ("processed", "lag", "pending", "restarts") else "left")
     for row in status.rows:
         style = "green" if row.state == "running" else ("yellow" if row.state in ("starting", "stale") else "red")

@@ -110,7 +110,8 @@ class ComponentRunner:
                     wait = self.service.idle() or 0.2
                 else:
                     wait = self.service.idle()
-                    stop.wait(0.2 if wait is None else max(wait, 0.0))
+                    # never sleep past a control check: a new kill-switch generation is applied promptly
+                    stop.wait(min(CONTROL_EVERY_SECONDS, 0.2 if wait is None else max(wait, 0.0)))
                 self._maybe_control()
                 if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
                     self._heartbeat()

@@ -87,6 +87,8 @@ class Reconciler(Service):
             entry_tolerance=self.spec.entry_tolerance,
         )
         self.runs += 1
+        self.counters["processed"] = self.runs
+        self.counters["last_event_ms"] = self.ctx.now_ms()
         self.last_findings = findings
         self.matched = all(f.kind is ReconcileKind.MATCHED for f in findings)
         for finding in findings:
