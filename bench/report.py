@@ -1,0 +1,131 @@
+"""Markdown tables from ``bench/results/*.json``, for docs/BENCHMARKS.md: ``python -m bench.report``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from bench._util import RESULTS
+
+STAGES = ("intent-bridge", "governor", "apply-layer + exchange-sim", "position-state")
+
+
+def md(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> str:
+    """A markdown table; the first ``left`` columns are text (left-aligned), the rest numbers."""
+    rule = "|" + "|".join("---:" if i >= left else "---" for i in range(len(headers))) + "|"
+    lines = ["| " + " | ".join(headers) + " |", rule]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fmt(value: float | int | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.{digits}f}"
+
+
+def redis_tables(baseline: dict, pipeline: dict | None) -> str:
+    results = baseline["results"]
+    best = 0.0
+    if pipeline:
+        best = max(p["throughput"]["end_to_end"]["per_s"] for p in pipeline["phases"])
+    rows = []
+    for name, r in results.items():
+        lat = r.get("latency_us") or {}
+        ratio = f"{100 * best / r['ops_per_s']:.2f} %" if best else "-"
+        rows.append([name, r["what"], fmt(r["ops_per_s"]), fmt(lat.get("p50")), fmt(lat.get("p99")), ratio])
+    return md(["bench", "what", "ops/s", "p50 µs", "p99 µs", "best pipeline orders/s as a share"], rows, left=2)
+
+
+def pipeline_tables(data: dict, baseline: dict | None) -> str:
+    out = []
+    phases = data["phases"]
+    rows = []
+    for p in phases:
+        e2e, ex = p["latency"]["end_to_end_ms"], p["latency"]["plan_to_snapshot_ms"]
+        rows.append([p["phase"], p["intents"], fmt(p["throughput"]["end_to_end"]["per_s"]), fmt(e2e["p50"]),
+                     fmt(e2e["p90"]), fmt(e2e["p99"]), fmt(e2e["max"]), fmt(ex["p50"]), fmt(ex["p99"]),
+                     "pass" if p["correctness"]["ok"] else "FAIL"])
+    out.append(md(["phase", "orders", "orders/s (first intent -> last snapshot)", "e2e p50 ms", "p90", "p99", "max",
+                   "plan->snapshot p50 ms", "p99", "checks"], rows))  # checks: see "correctness" in the JSON
+    rows = []
+    passthrough = (baseline or {}).get("results", {}).get("consumer_passthrough", {}).get("ops_per_s")
+    for p in phases:
+        t = p["throughput"]
+        cells = [p["phase"], fmt(t["injection"]["per_s"])]
+        for stage in STAGES:
+            rate = t[stage]["per_s"]
+            share = f" ({100 * rate / passthrough:.0f} %)" if passthrough and rate else ""
+            cells.append(fmt(rate) + share)
+        cells += [fmt(p["cpu"]["cores_busy"], 2), fmt(p["cpu"]["cpu_ms_per_order_total"]),
+                  fmt(p["cpu"]["other_processes_cores"], 2)]
+        rows.append(cells)
+    out.append(md(["phase", "injected/s", *(f"{s} /s" for s in STAGES), "cores busy (of 2)", "CPU ms per order",
+                   "other programs' cores"], rows))
+    rows = []
+    for p in phases:
+        cpu = p["cpu"]["cpu_ms_per_order"]
+        rows.append([p["phase"], *(fmt(cpu.get(k), 2) for k in ("position-state", "apply-layer", "redis-server",
+                                                               "exchange-sim", "governor", "intent-bridge",
+                                                               "bench (injector)"))])
+    out.append(md(["phase (CPU ms per order)", "position-state", "apply-layer", "redis-server", "exchange-sim",
+                   "governor", "intent-bridge", "bench"], rows))
+    rows = []
+    for p in phases:
+        s = p["latency"]["stages_ms"]
+        rows.append([p["phase"], *(f"{fmt(s[k]['p50'])} / {fmt(s[k]['p99'])}" for k in STAGES)])
+    out.append(md(["phase (stage latency p50 / p99 ms)", *STAGES], rows))
+    rows = []
+    for p in phases:
+        for b in p["by_open_positions"]:
+            rows.append([p["phase"], b["open_positions"], fmt(b["snapshots_per_s"]), fmt(b["position_state_ms_p50"]),
+                         fmt(b["end_to_end_ms_p50"]), fmt(b["end_to_end_ms_p99"])])
+    out.append(md(["phase", "open positions", "snapshots/s", "position-state p50 ms", "e2e p50 ms", "e2e p99 ms"],
+                  rows, left=2))
+    if data.get("read_state_cost"):
+        rows = [[r["open_positions"], fmt(r["read_state_wall_ms"], 2), fmt(r["read_state_cpu_ms"], 2),
+                 fmt(r["settle_cpu_ms"], 2), fmt(r["max_results_per_s"])] for r in data["read_state_cost"]]
+        out.append(md(["open positions", "read_state wall ms", "read_state CPU ms", "settle CPU ms",
+                       "results/s at most"], rows))
+    return "\n\n".join(out)
+
+
+def profile_tables(data: dict, top: int = 8) -> str:
+    out = []
+    for phase in data["phases"]:
+        for pod, prof in phase.get("profile", {}).items():
+            rows = [[name, f"{pct} %"] for name, pct in prof.get("inclusive_pct", [])[:top]]
+            title = f"**{pod}** ({prof.get('samples', 0)} on-CPU samples at 200 Hz)"
+            out.append(title + "\n\n" + md(["function", "inclusive"], rows))
+    return "\n\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or ["redis_baseline", "pipeline", "pipeline-profile"]
+    baseline = load("redis_baseline")
+    for name in names:
+        data = load(name)
+        if data is None:
+            print(f"<!-- {name}: no results file -->\n")
+            continue
+        print(f"### {name} ({data['measured_at']}, commit {data['machine'].get('git_commit', '?')})\n")
+        if data["benchmark"] == "redis_baseline":
+            print(redis_tables(data, load("pipeline")))
+        elif any("profile" in p for p in data["phases"]):
+            print(profile_tables(data))
+        else:
+            print(pipeline_tables(data, baseline))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
