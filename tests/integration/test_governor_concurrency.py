@@ -8,6 +8,9 @@ import time
 from collections import Counter
 
 import redis
+
+from quantum_trader.contracts.keys import Keys
+from quantum_trader.contracts.policy import PolicySpec
 from tests.integration._governor_support import (
     SYMBOLS,
     T0,
@@ -24,9 +27,6 @@ from tests.integration._governor_support import (
     release,
     reservation_total,
 )
-
-from quantum_trader.contracts.keys import Keys
-from quantum_trader.contracts.policy import PolicySpec
 
 MP = multiprocessing.get_context("fork")
 GOVERNORS = 3

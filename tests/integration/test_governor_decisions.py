@@ -7,6 +7,14 @@ import random
 
 import pytest
 import redis
+
+from quantum_trader.bus.control import Scope, raise_halt, write_control
+from quantum_trader.contracts.envelope import Envelope, decode, encode
+from quantum_trader.contracts.keys import Keys
+from quantum_trader.contracts.messages import Approval, GovernorDecision, Plan, PlanKind
+from quantum_trader.risk.limits import FIVE_MINUTES_MS, HOUR_MS, GovernorState, Limits, Reason, decide
+from quantum_trader.services import governor
+from quantum_trader.services.governor import GovernorScript
 from tests.integration._governor_support import (
     T0,
     approvals,
@@ -22,14 +30,6 @@ from tests.integration._governor_support import (
     release,
     text_hash,
 )
-
-from quantum_trader.bus.control import Scope, raise_halt, write_control
-from quantum_trader.contracts.envelope import Envelope, decode, encode
-from quantum_trader.contracts.keys import Keys
-from quantum_trader.contracts.messages import Approval, GovernorDecision, Plan, PlanKind
-from quantum_trader.risk.limits import FIVE_MINUTES_MS, HOUR_MS, GovernorState, Limits, Reason, decide
-from quantum_trader.services import governor
-from quantum_trader.services.governor import GovernorScript
 
 
 @pytest.fixture

@@ -8,6 +8,21 @@ import time
 
 import pytest
 import redis
+
+from quantum_trader.bus.consumer import Delivery
+from quantum_trader.bus.step import StepOutcome
+from quantum_trader.contracts.envelope import decode
+from quantum_trader.contracts.messages import (
+    Approval,
+    ExecutionResult,
+    PlanKind,
+    PositionSide,
+    PositionSnapshot,
+    ResultStatus,
+    Side,
+    TradeClosed,
+)
+from quantum_trader.services import governor, position_state
 from tests.integration._governor_support import (
     T0,
     approvals,
@@ -29,21 +44,6 @@ from tests.integration._governor_support import (
     result_for,
     text_hash,
 )
-
-from quantum_trader.bus.consumer import Delivery
-from quantum_trader.bus.step import StepOutcome
-from quantum_trader.contracts.envelope import decode
-from quantum_trader.contracts.messages import (
-    Approval,
-    ExecutionResult,
-    PlanKind,
-    PositionSide,
-    PositionSnapshot,
-    ResultStatus,
-    Side,
-    TradeClosed,
-)
-from quantum_trader.services import governor, position_state
 
 
 class Desk:

@@ -15,13 +15,13 @@ import urllib.request
 
 import pytest
 import redis
-from tests.factories import entry, exit_plan, send, tick
-from tests.stack import running_stack, sim_orders, stream, wait_for
 
 from quantum_trader.bus.control import Scope, write_control
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import OrderType
 from quantum_trader.exchange.order_ids import client_order_id
+from tests.factories import entry, exit_plan, send, tick
+from tests.stack import running_stack, sim_orders, stream, wait_for
 
 EXECUTOR = ["exchange-sim", "governor", "apply-layer", "position-state"]
 SYMBOLS = [f"S{i:02d}USDT" for i in range(50)]
