@@ -257,6 +257,42 @@ def data_download(
     click.echo(str(dl.download_klines(**kwargs)))
 
 
+# --- qt operator / crds ---------------------------------------------------------------------------
+@main.command("operator")
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="watch only this namespace (repeatable; glob patterns allowed); default: every namespace",
+)
+@click.option("-A", "--all-namespaces", is_flag=True, help="watch every namespace (the default without --namespace)")
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8080/healthz",
+    show_default=True,
+    help="kopf's liveness endpoint (empty: none)",
+)
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+def operator_command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str, verbose: bool) -> None:
+    """Run the operator (kopf, one replica, no peering) against the cluster of the kubeconfig or the pod."""
+    if namespaces and all_namespaces:
+        raise UserError("--namespace and --all-namespaces exclude each other")
+    # Imported here: kopf and the kubernetes client are only needed by this command.
+    from quantum_trader_operator import handlers
+
+    handlers.run(namespaces=namespaces, clusterwide=not namespaces, liveness=liveness, verbose=verbose)
+
+
+@main.command("crds")
+@click.option("--out", "out_dir", default="crds", show_default=True, type=click.Path(file_okay=False))
+def crds_command(out_dir: str) -> None:
+    """Write the CRD YAML generated from the operator's models (crdgen)."""
+    from quantum_trader_operator import crdgen
+
+    crdgen.main(out_dir)  # names each file it wrote on stdout
+
+
 # --- qt wiring / version ----------------------------------------------------------------------------
 @main.command()
 @click.option("-f", "--file", "policy_file", type=click.Path(dir_okay=False))

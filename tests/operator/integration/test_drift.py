@@ -1,0 +1,77 @@
+"""Drift (DESIGN §5): a Deployment edited to another image is reverted by a forced server-side apply;
+ImageConsistent goes False then True, the automatic ``operator:drift`` halt is raised then released — and a
+person's kill switch and the reconciler's halt are never touched."""
+
+from __future__ import annotations
+
+import redis
+
+from quantum_trader_operator import naming as n
+from quantum_trader_operator.runtime_io import DRIFT_HALT
+from tests.operator.integration.emulator import EmulatedCluster
+from tests.operator.integration.support import Operator, keys_for, paper_policy, wait_for, wait_handled
+
+TAGGED = "ghcr.io/quantum-trader/quantum-trader:latest"
+
+
+def _image_consistent(status: dict) -> str | None:
+    return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "ImageConsistent"), None)
+
+
+def test_edited_image_is_reverted_and_drift_halt_cleared(
+    cluster: EmulatedCluster, operator: Operator, r_client: redis.Redis
+) -> None:
+    manifest = paper_policy()
+    name = manifest["metadata"]["name"]
+    image = manifest["spec"]["image"]
+    cluster.create(manifest)
+    governor = n.deployment_name(name, "governor")
+    wait_for(lambda: len(cluster.list("Deployment", "apps/v1")) == 12, what="12 Deployments")
+    wait_handled(cluster, "TradingPolicy", name)  # an edit before that would be undone by the create's apply
+    wait_for(lambda: _image_consistent(cluster.status("TradingPolicy", name)) == "True", what="ImageConsistent=True")
+    keys = keys_for(cluster.namespace, name)
+    # Another actor's halt and a person's kill switch: the operator must leave both alone.
+    r_client.hset(keys.halts, "reconciler", "unexplained drift on BTCUSDT")
+    person_generation = r_client.hincrby(keys.control, "generation", 1)
+    r_client.hset(keys.control, mapping={"state": "engaged", "scope": "entries", "engaged_by": "person"})
+
+    deployment = cluster.get("Deployment", governor, "apps/v1")
+    assert deployment is not None
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    edited = [{**containers[0], "image": TAGGED}]
+    # kubectl set image / edit: another field manager writes the pod template.
+    cluster.merge_patch("apps/v1", "Deployment", governor, {"spec": {"template": {"spec": {"containers": edited}}}})
+
+    wait_for(lambda: DRIFT_HALT in r_client.hgetall(keys.halts), interval=0.02, what="the operator:drift halt")
+    reverted = wait_for(
+        lambda: (
+            (d := cluster.get("Deployment", governor, "apps/v1"))
+            and d["spec"]["template"]["spec"]["containers"][0]["image"] == image
+            and d
+        ),
+        what="the image to be reverted",
+    )
+    assert reverted["spec"]["template"]["spec"]["containers"] == containers  # the whole container, not just image
+    detected = wait_for(lambda: cluster.events("DriftDetected"), what="a DriftDetected event")
+    assert TAGGED in detected[0]["message"] and governor in detected[0]["message"]
+    assert detected[0]["type"] == "Warning"
+
+    # Released once consistent for QT_OPERATOR_DRIFT_SETTLE_SECONDS; ImageConsistent was False in between.
+    wait_for(lambda: DRIFT_HALT not in r_client.hgetall(keys.halts), timeout=15, what="the drift halt to clear")
+    assert cluster.events("DriftResolved")
+    history = [v.get("status") or {} for v in cluster.history("TradingPolicy", name)]
+    states = [s for s in (_image_consistent(h) for h in history) if s]
+    assert "False" in states, states
+    false_status = next(h for h in history if _image_consistent(h) == "False")
+    message = next(c["message"] for c in false_status["conditions"] if c["type"] == "ImageConsistent")
+    assert TAGGED in message
+    assert false_status["drift"].startswith("image:governor")
+    wait_for(lambda: _image_consistent(cluster.status("TradingPolicy", name)) == "True", what="ImageConsistent=True")
+    assert cluster.status("TradingPolicy", name)["drift"] == "none"
+
+    # Never touched: the reconciler's halt and the person's kill switch.
+    assert r_client.hget(keys.halts, "reconciler") == "unexplained drift on BTCUSDT"
+    control = r_client.hgetall(keys.control)
+    assert control["state"] == "engaged" and control["engaged_by"] == "person"
+    assert int(control["generation"]) == person_generation
+    assert "qt_operator_drift_detections_total" in operator.scrape()
