@@ -66,6 +66,7 @@ class Reason(StrEnum):
     DEAD_LETTER_GROWING = "DeadLetterGrowing"
     RECONCILE_STALE = "ReconcileStale"
     DEPLOYMENT_PENDING = "DeploymentPending"
+    COMPONENTS_NOT_READY = "ComponentsNotReady"
     ROLLING_OUT = "RollingOut"
     ALL_HEALTHY = "AllComponentsHealthy"
     """the reason of a Healthy report; never a finding"""
@@ -90,6 +91,7 @@ REASON_LEVEL: dict[Reason, Health] = {
     Reason.DEAD_LETTER_GROWING: Health.DEGRADED,
     Reason.RECONCILE_STALE: Health.DEGRADED,
     Reason.DEPLOYMENT_PENDING: Health.PROGRESSING,
+    Reason.COMPONENTS_NOT_READY: Health.PROGRESSING,
     Reason.ROLLING_OUT: Health.PROGRESSING,
     Reason.ALL_HEALTHY: Health.HEALTHY,
 }
@@ -772,6 +774,16 @@ def assess(observed: HealthInputs) -> HealthReport:
             detail["lastTerminationReason"] = containers.last_termination_reason
         details[component] = detail
 
+    # Never Healthy below N/N: a component that is not ready and has no finding of its own (no pods listed yet,
+    # no heartbeat yet within its grace) still keeps the policy Progressing.
+    explained = {f.component for f in work.findings}
+    waiting = [c for c, d in details.items() if not d["ready"] and c not in explained]
+    if waiting:
+        work.add(
+            Reason.COMPONENTS_NOT_READY,
+            "",
+            f"{ready_components}/{len(details)} components ready; waiting for {', '.join(waiting)}",
+        )
     _assess_dead_letters(work)
     for finding in observed.drift:
         work.add(Reason.DRIFT, finding.component, finding.message)

@@ -394,6 +394,12 @@ SCENARIOS: list[tuple[str, Transform, Health, Reason]] = [
         Reason.ALL_HEALTHY,
     ),
     ("no model", lambda i: replace(i, expected_model_digest=""), Health.HEALTHY, Reason.ALL_HEALTHY),
+    (
+        "no pods listed and no heartbeats yet",
+        lambda i: replace(i, pods=[], heartbeats=[]),
+        Health.PROGRESSING,
+        Reason.COMPONENTS_NOT_READY,
+    ),
     ("model not reported", lambda i: with_beats(i, "ai-engine", beat("ai-engine")), Health.HEALTHY, Reason.ALL_HEALTHY),
     (
         "model drift",
@@ -766,8 +772,10 @@ def test_without_pods_the_component_heartbeats_are_judged_as_a_whole():
     stale = assess(with_beats(inputs, "governor", beat("governor", pod_name="x", age_s=40)))
     assert stale.reason == Reason.HEARTBEAT_STALE.value
     silent = assess(with_beats(inputs, "governor"))
-    assert silent.health is Health.HEALTHY  # no pod known to owe one: nothing to report
-    assert silent.components["governor"]["ready"] is False  # but not ready: nobody heartbeats
+    assert silent.components["governor"]["ready"] is False  # nobody heartbeats: not ready
+    # no pod known to owe a heartbeat, so nothing is broken, but the policy is not Healthy below N/N
+    assert (silent.health, silent.reason) == (Health.PROGRESSING, Reason.COMPONENTS_NOT_READY.value)
+    assert "waiting for governor" in silent.message
 
 
 def test_the_component_container_uptime_decides_not_a_sidecar():
