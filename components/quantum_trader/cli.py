@@ -279,8 +279,14 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool, liveness
     if namespaces and all_namespaces:
         raise UserError("--namespace and --all-namespaces exclude each other")
     # Imported here: kopf and the kubernetes client are only needed by this command.
-    from quantum_trader_operator import handlers
+    from kubernetes.config import ConfigException
 
+    from quantum_trader_operator import handlers, runtime_io
+
+    try:
+        runtime_io.load_kube_config()
+    except ConfigException as error:
+        raise UserError(f"no cluster to run against: {error} (set KUBECONFIG or run in a pod)") from None
     handlers.run(namespaces=namespaces, clusterwide=not namespaces, liveness=liveness, verbose=verbose)
 
 
