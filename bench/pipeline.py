@@ -1,13 +1,16 @@
 """Orders through the executor path as real processes, on a redis-server of our own.
 
-``python -m bench.pipeline [--quick] [--phases readstate,paced,burst] [--profile] [--wait-quiet S]``
+``python -m bench.pipeline [--quick] [--phases readstate,paced,burst] [--profile] [--wait-quiet S]
+[--cold-leverage] [--paced-replicas N]``
 
 intent-bridge -> governor -> apply-layer -> exchange-sim -> position-state, each a ``qt component``
 process started by the local Supervisor (``only=[...]``), exactly as ``qt run`` starts them. The bench
 publishes one tick per symbol before anything else starts, starts the simulator and waits until it
-knows every price, then starts the other components and waits for their ``/readyz``. It then XADDs
-``TradeIntent`` messages on ``trade.intent``: each a BUY ENTRY on a symbol of its own (stop < entry <
-take), so every intent becomes one approved plan and one order.
+knows every price, sets every symbol's leverage on the simulator to the intents' (the account as it
+is once a symbol has traded; ``--cold-leverage`` skips this, so every order first sets leverage),
+then starts the other components and waits for their ``/readyz``. It then XADDs ``TradeIntent``
+messages on ``trade.intent``: each a BUY ENTRY on a symbol of its own (stop < entry < take), so every
+intent becomes one approved plan and one order.
 
 Phases (each pipeline phase on a fresh instance: empty Redis, new processes):
 
@@ -16,11 +19,12 @@ Phases (each pipeline phase on a fresh instance: empty Redis, new processes):
 - ``paced``: intents at a fixed rate (25/s, 100/s, then 200/s); latency per order;
 - ``burst``: every intent at once, apply-layer at 1, 2 and 4 replicas; orders/s per stage.
 
-How many: ``maxOpenPositions`` is capped at 1000 by the policy schema (``RiskLimits``, le=1000) and
-counts open positions plus reservations, so at most 1000 entries can be approved before positions
-close. A phase therefore sends 1000 intents (10 s at 100/s, 5 s at 200/s); a larger burst would
-only measure governor rejections. Positions are never closed, so the k-th order is settled with k
-positions open: results are also reported by open-position count.
+How many: ``maxOpenPositions`` counts open positions plus reservations, and positions are never
+closed, so every intent of a phase needs a slot: the bench sets it to the schema's ceiling (100,000).
+Paced phases send 250 intents at 25/s (10 s), 1,000 at 100/s (10 s) and 2,000 at 200/s (10 s); a
+burst sends 2,000. The k-th order is settled with k positions open: results are also reported by
+open-position count (the governor's notional sum is O(open + reserved) per entry: a phase of 5,000
+measures that more than the path). ``--quick`` sends 100 at 25/s and 200 in every other phase.
 
 Timestamps: every stage's output is a stream entry whose id is the Redis server's clock in ms when
 it was added (one host, one clock). End-to-end latency runs from the bench's wall clock just before
@@ -82,13 +86,14 @@ from quantum_trader.contracts.messages import (
     TradeIntent,
 )
 from quantum_trader.contracts.policy import parse_policy
+from quantum_trader.exchange.client import ExchangeClient
 from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.execution.sizing import entry_plan_id
 from quantum_trader.local.supervisor import Supervisor
 from quantum_trader.risk.positions import Position
 from quantum_trader.risk.settlement import settle
 from quantum_trader.runtime.runner import connect
-from quantum_trader.services.position_state import read_state
+from quantum_trader.services.position_state import RISK_OK, read_state, risk_key, risk_total_key
 
 EXECUTOR = ["exchange-sim", "intent-bridge", "governor", "apply-layer", "position-state"]
 STREAMS = ("trade.intent", "apply.plan", "apply.approved", "apply.result", "position.snapshot")
@@ -107,8 +112,11 @@ STAGES = {  # stage -> (the stream it reads, the stream it writes)
 GROUPS = {"trade.intent": "intent-bridge", "apply.plan": "governor", "apply.approved": "apply-layer",
           "apply.result": "position-state", "market.tick": "exchange-sim"}
 PRICE = 100.0
+LEVERAGE = 2
 NOTIONAL = 20.0  # qty 0.2 at 100 USDT: above the simulator's 5 USDT minimum
-MAX_OPEN = 1000  # the policy schema's ceiling for maxOpenPositions
+MAX_OPEN = 100_000  # the policy schema's ceiling for maxOpenPositions
+BURST = 2_000
+PACED = ((25, 250), (100, 1_000), (200, 2_000))  # (intents/s, intents)
 MAXLEN = 200_000
 
 
@@ -120,8 +128,8 @@ def policy(symbols: list[str], apply_replicas: int = 1) -> dict:
             "maxOpenPositions": MAX_OPEN,
             "maxNotionalPerTrade": 1_000,
             "maxTotalNotional": 10_000_000,
-            "maxEntriesPerHour": 1_000,
-            "maxEntriesPerFiveMinutes": 1_000,
+            "maxEntriesPerHour": 100_000,
+            "maxEntriesPerFiveMinutes": 100_000,
             "cooldownSeconds": 0,
             "maxLeverage": 5,
         },
@@ -137,7 +145,7 @@ def symbols_for(count: int) -> list[str]:
 
 def intent(symbol: str, intent_id: str, t: int) -> TradeIntent:
     return TradeIntent(symbol=symbol, intent_id=intent_id, time=t, side=Side.BUY, confidence=0.9, entry_price=PRICE,
-                       stop_loss=PRICE * 0.9, take_profit=PRICE * 1.2, leverage=2, notional=NOTIONAL,
+                       stop_loss=PRICE * 0.9, take_profit=PRICE * 1.2, leverage=LEVERAGE, notional=NOTIONAL,
                        strategy="bench", model_digest="bench")
 
 
@@ -202,9 +210,18 @@ def ready(port: str) -> bool:
         return False
 
 
+COLD_LEVERAGE = False
+"""--cold-leverage: leave the simulator's leverage at its default, so every order (each on a new symbol)
+first sets leverage, as the benchmark of commit 709a232 measured"""
+
+
 @contextmanager
 def running_stack(redis_url: str, workdir: Path, symbols: list[str], apply_replicas: int = 1) -> Iterator[Stack]:
     """A fresh instance: ticks first, the simulator until it knows every price, then the other components.
+
+    Unless ``--cold-leverage``, every symbol's leverage is set on the simulator to the intents' before
+    apply-layer starts, through the signed API: the account as it is once a symbol has traded at that
+    leverage. apply-layer reads it at start (symbolConfig) and sends only the orders.
 
     The order matters: apply-layer publishes the exchange's filters (which intent-bridge sizes with)
     once, when it starts, and the simulator derives a symbol's filters from its first price.
@@ -258,6 +275,14 @@ def _wait_started(stack: Stack, symbols: list[str]) -> None:
             return False
 
     stack.wait(priced, 60, "the simulator to know every price", poll=0.2)
+    if not COLD_LEVERAGE:
+        env = supervisor.processes["exchange-sim-0"].env
+        account = ExchangeClient(env["BINANCE_API_KEY"], env["BINANCE_API_SECRET"], base_url=supervisor.exchange_url)
+        try:
+            for symbol in symbols:
+                account.set_leverage(symbol, LEVERAGE)
+        finally:
+            account.close()
     for pod, process in supervisor.processes.items():
         if pod != "exchange-sim-0":
             process.start()
@@ -526,10 +551,10 @@ def by_open_positions(rows: list[dict], buckets: int = 4) -> list[dict]:
 # ---- phases -------------------------------------------------------------------------------------
 
 
-def paced_phase(redis_url: str, workdir: Path, rate: float, seconds: float) -> dict:
+def paced_phase(redis_url: str, workdir: Path, rate: float, seconds: float, apply_replicas: int = 1) -> dict:
     count = int(rate * seconds)
     symbols = symbols_for(count)
-    with running_stack(redis_url, workdir, symbols) as stack:
+    with running_stack(redis_url, workdir, symbols, apply_replicas) as stack:
         intents = make_intents(symbols, f"p{int(rate)}")
         cpu = CpuMeter(stack.pids()).start()
         elapsed = inject_paced(stack, intents, rate)
@@ -540,11 +565,11 @@ def paced_phase(redis_url: str, workdir: Path, rate: float, seconds: float) -> d
     if not rows:
         raise BenchError(f"no complete order: {collected['correctness']}")
     return {
-        "phase": f"paced {rate:g}/s",
+        "phase": f"paced {rate:g}/s" + (f" x{apply_replicas}" if apply_replicas > 1 else ""),
         "kind": "paced",
         "rate_per_s": rate,
         "intents": count,
-        "apply_layer_replicas": 1,
+        "apply_layer_replicas": apply_replicas,
         "injected_in_s": round(elapsed, 3),
         "achieved_rate_per_s": round(count / elapsed, 1),
         "latency": latency_report(rows),
@@ -590,8 +615,9 @@ def burst_phase(redis_url: str, workdir: Path, count: int, apply_replicas: int, 
 def read_state_cost(redis_url: str, sizes: tuple[int, ...], calls: int = 40) -> list[dict]:
     """What position-state's handler costs per result with N positions open, without any other process.
 
-    The real ``read_state`` (position hash, locks, ledger and every other open position, for heat) and
-    the real ``settle`` (pure, heat included) on N real position hashes, with the client the runner makes.
+    The real ``read_state`` (position hash, locks, ledger and the running heat totals) and the real
+    ``settle`` (pure, heat included) on N real position hashes and their heat totals (as position-state's
+    refresh writes them), with the client the runner makes.
     """
     client = connect(redis_url)
     keys = Keys("readstate")
@@ -612,6 +638,8 @@ def read_state_cost(redis_url: str, sizes: tuple[int, ...], calls: int = 40) -> 
                                         version=1, updated_at=1)
                     pipe.hset(keys.position(symbol), mapping=position.to_hash())
                     pipe.hset(keys.open_positions, symbol, NOTIONAL)
+                    pipe.hset(risk_key(keys), symbol, repr(position.open_risk()))
+                pipe.hset(risk_total_key(keys), mapping={"open_risk": repr(n * 0.2 * PRICE * 0.1), "state": RISK_OK})
                 pipe.execute()
             read_state(client, keys, result.symbol)  # warm
             wall = cpu = settle_cpu = 0.0
@@ -741,12 +769,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="an extra burst (1 replica) under py-spy; its numbers are not the measured ones")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each phase wait up to S seconds for the machine to be under 15%% busy")
+    parser.add_argument("--paced-replicas", type=int, default=1, metavar="N",
+                        help="apply-layer replicas in the paced phases (default 1)")
+    parser.add_argument("--cold-leverage", action="store_true",
+                        help="do not set the symbols' leverage before a phase: every order sets it first")
     parser.add_argument("--output", default=None, metavar="NAME",
                         help="results file bench/results/NAME.json (default: pipeline, or pipeline-quick)")
     args = parser.parse_args(argv)
+    global COLD_LEVERAGE
+    COLD_LEVERAGE = args.cold_leverage
     wanted = {p.strip() for p in args.phases.split(",") if p.strip()}
-    count = 200 if args.quick else MAX_OPEN
-    paced = ((25, 100), (100, count), (200, count)) if args.quick else ((25, 250), (100, count), (200, count))
+    count = 200 if args.quick else BURST
+    paced = ((25, 100), (100, count), (200, count)) if args.quick else PACED
     replicas = (1, 2) if args.quick else (1, 2, 4)
     workdir = Path(tempfile.mkdtemp(prefix="qt-bench-"))
     os.environ["QT_STATE_DIR"] = str(workdir / "state")  # never the user's run.json
@@ -769,11 +803,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "readstate" in wanted:
             wait_for_quiet(args.wait_quiet)
-            read_cost = read_state_cost(server.url, (0, 100, 500) if args.quick else (0, 10, 100, 250, 500, 1000))
+            read_cost = read_state_cost(server.url, (0, 100, 500) if args.quick else (0, 10, 100, 1000, 5000))
             print(f"[{time.monotonic() - started:5.1f}s] read_state cost measured", flush=True)
         if "paced" in wanted:
             for rate, n in paced:
-                run(lambda rate=rate, n=n: paced_phase(server.url, workdir, rate, n / rate))
+                run(lambda rate=rate, n=n: paced_phase(server.url, workdir, rate, n / rate, args.paced_replicas))
         if "burst" in wanted:
             for k in replicas:
                 run(lambda k=k: burst_phase(server.url, workdir, count, k))
@@ -792,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(args.output or ("pipeline-quick" if args.quick else "pipeline"), {
         "benchmark": "pipeline",
         "quick": args.quick,
+        "cold_leverage": args.cold_leverage,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runtime_s": round(time.monotonic() - started, 1),
         "machine": machine(),

@@ -1,4 +1,4 @@
-"""What raw Redis does on this machine, through the same client the services use (redis-py, no hiredis).
+"""What raw Redis does on this machine, through the same client the services use (redis-py with hiredis).
 
 ``python -m bench.redis_baseline [--quick]`` starts its own redis-server on a free loopback port (no
 RDB, no AOF) and measures, from one Python process:
@@ -10,7 +10,8 @@ RDB, no AOF) and measures, from one Python process:
 - EVALSHA of a one-line Lua script, sequential (the round trip every stage step pays);
 - the bus's own stage step (``bus/stage.lua``: done key + one XADD + XACK) per message, and the
   bus's ``StreamConsumer`` passing each message through unchanged (decode, validate, encode, step):
-  the ceiling of one single-threaded stage process before any business logic.
+  the ceiling of one single-threaded stage process before any business logic — once as a stage
+  steps one message at a time, once with the steps of a batch pipelined (``independent_steps``).
 
 Results: a table on stdout and ``bench/results/redis_baseline.json``.
 """
@@ -25,7 +26,7 @@ import psutil
 import redis
 
 from bench._util import machine, machine_busy_seconds, start_redis, summary, table, wait_for_quiet, write_results
-from quantum_trader.bus.consumer import Delivery, StreamConsumer
+from quantum_trader.bus.consumer import Delivery, StreamConsumer, independent_steps, no_done_precheck
 from quantum_trader.bus.step import Step, StepRunner
 from quantum_trader.contracts.envelope import Envelope, encode
 from quantum_trader.contracts.keys import Keys
@@ -148,8 +149,12 @@ def bench_stage_step(r: redis.Redis, keys: Keys, n: int) -> dict:
             "ops_per_s": round(done / seconds), "latency_us": summary(lat, 1), "left_pending": pending}
 
 
-def bench_consumer_passthrough(r: redis.Redis, keys: Keys, n: int) -> dict:
-    """The bus's StreamConsumer with a handler that re-emits each Plan: decode + validate + encode + step."""
+def bench_consumer_passthrough(r: redis.Redis, keys: Keys, n: int, batched: bool = False) -> dict:
+    """The bus's StreamConsumer with a handler that re-emits each Plan: decode + validate + encode + step.
+
+    ``batched``: the handler is marked ``independent_steps`` and ``no_done_precheck``, so a batch's
+    steps go to Redis in pipelined round trips and no done key is checked before the handler.
+    """
     source = keys.stream("apply.plan")
     for first in range(0, n, BATCH):
         with r.pipeline(transaction=False) as pipe:
@@ -160,6 +165,9 @@ def bench_consumer_passthrough(r: redis.Redis, keys: Keys, n: int) -> dict:
     def passthrough(envelope: Envelope, delivery: Delivery) -> Step:
         return Step().emit("apply.approved", envelope.message, id="out:" + envelope.id, corr=envelope.corr)
 
+    if batched:
+        passthrough = no_done_precheck(independent_steps(passthrough))
+
     consumer = StreamConsumer(r, keys, "passthrough", "c1", {"apply.plan": passthrough},
                               StreamRetention(max_len=MAXLEN, claim_idle_ms=600_000))
     consumer.ensure_groups()
@@ -169,7 +177,10 @@ def bench_consumer_passthrough(r: redis.Redis, keys: Keys, n: int) -> dict:
             break
     seconds = (time.perf_counter_ns() - start) / 1e9
     processed = consumer.stats.processed
-    return {"what": "StreamConsumer passthrough (decode+validate+encode+stage step)", "ops": processed,
+    what = "StreamConsumer passthrough (decode+validate+encode+stage step)"
+    if batched:
+        what = "the same, steps of a batch pipelined, no done pre-check"
+    return {"what": what, "ops": processed,
             "ops_per_s": round(processed / seconds), "errors": consumer.stats.errors}
 
 
@@ -207,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         r.flushall()
         results["consumer_passthrough"] = bench_consumer_passthrough(r, keys, n // 2)
+        r.flushall()
+        results["consumer_passthrough_batched"] = bench_consumer_passthrough(r, keys, n // 2, batched=True)
         ours_cpu = sum(sum(p.cpu_times()[:2]) for p in ours) - ours_before
         wall = time.perf_counter() - wall_before
         others = max(0.0, machine_busy_seconds() - machine_before - ours_cpu) / wall

@@ -2,6 +2,22 @@
 
 Delivery is at-least-once; the stage step makes effects exactly-once. A message that fails
 validation, or fails ``max_deliveries`` times, goes to ``<stream>.dlq`` with its reason and is acked.
+
+Round trips per batch, not per message: the done keys of a whole XREADGROUP batch are checked with
+one pipelined EXISTS before any handler runs (a message already done is only acked, all of them in
+one XACK). The check is an optimization, not the guarantee: every stage script checks its done key
+again atomically, so a message that became done after the check is still applied once. The check
+only spares a redelivered message its handler. A handler marked :func:`no_done_precheck` goes
+without it (one round trip less per batch): one whose effects all go through its stage step or its
+own stage script (which find the done key), or one that checks the done key itself in its own first
+read — as apply-layer must, right before any order, since an order is an effect outside Redis. A
+message id seen twice in one batch is checked again on its own.
+
+A handler marked :func:`independent_steps` (its messages never read what the steps of the same
+batch write) has its steps applied together: one pipelined round trip for up to ``STEP_FLUSH``
+messages or ``STEP_WAIT`` seconds, each step still its own exactly-once script. Handlers that read
+their own stage's writes (say position-state, whose heat builds on the previous step's totals) are
+stepped one by one.
 """
 
 from __future__ import annotations
@@ -10,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
 
@@ -30,8 +47,27 @@ class Delivery:
 
 
 Handler = Callable[[Envelope, Delivery], "Step | StepOutcome | None"]
+HandlerT = TypeVar("HandlerT", bound=Callable)
 """A handler returns the Step the consumer applies exactly once, or — when it ran its own stage script
 (the governor's Lua decides and steps in one call) — that script's StepOutcome."""
+
+
+def no_done_precheck(handler: HandlerT) -> HandlerT:
+    """Mark a handler the consumer calls without checking the batch's done keys first.
+
+    Allowed when running it for a message that is already done has no effect but its step (or its
+    own stage script), which finds the done key and only acks — or when the handler reads
+    ``done:<group>:<message id>`` itself before any other effect and returns an empty :class:`Step`
+    when it is set (apply-layer, position-state: in the same round trip as their first read).
+    """
+    handler.no_done_precheck = True  # type: ignore[attr-defined]
+    return handler
+
+
+def independent_steps(handler: HandlerT) -> HandlerT:
+    """Mark a handler whose messages of one batch may be stepped together (see the module doc)."""
+    handler.independent_steps = True  # type: ignore[attr-defined]
+    return handler
 
 
 class StepConflict(Exception):
@@ -54,8 +90,21 @@ Observer = Callable[[str, str, float], None]
 """(stream, outcome, seconds) for metrics: outcome is processed | duplicate | error | dlq"""
 
 
+@dataclass(slots=True)
+class _Pending:
+    """One decoded message of a batch on its way through the handler."""
+
+    envelope: Envelope
+    delivery: Delivery
+    started: float
+
+
 class StreamConsumer:
     MAX_CONFLICT_RETRIES = 20
+    STEP_FLUSH = 20
+    STEP_WAIT = 0.005
+    """independent steps are applied at least every ``STEP_FLUSH`` messages, and as soon as the first
+    of them has waited ``STEP_WAIT`` seconds: deferring saves round trips, not latency"""
 
     def __init__(
         self,
@@ -114,6 +163,7 @@ class StreamConsumer:
         handled = 0
         for stream_key, entries in response or []:
             key = _text(stream_key)
+            batch: list[tuple[str, dict, int]] = []
             for entry_id, fields in entries:
                 if not fields:  # deleted by trimming while pending
                     self._ack(key, entry_id)
@@ -122,45 +172,145 @@ class StreamConsumer:
                 if start_id is None:
                     deliveries = self._deliveries(key, entry_id)
                     self._backlog_cursor[key] = _text(entry_id)
-                self.handle_entry(self._stream_of_key[key], _text(entry_id), fields, deliveries)
+                batch.append((_text(entry_id), fields, deliveries))
                 handled += 1
+            self.handle_batch(self._stream_of_key[key], batch)
         return handled
 
-    def handle_entry(self, stream: str, entry_id: str, fields: dict, deliveries: int) -> None:
-        started = time.perf_counter()
+    def handle_batch(self, stream: str, batch: list[tuple[str, dict, int]]) -> None:
+        """Handle ``(entry_id, fields, deliveries)`` entries of one stream, in order (see the module doc)."""
+        pending: list[_Pending] = []
+        for entry_id, fields, deliveries in batch:
+            started = time.perf_counter()
+            envelope = self._validated(stream, entry_id, fields, deliveries)
+            if envelope is not None:
+                pending.append(_Pending(envelope, Delivery(stream, entry_id, deliveries), started))
+        if not pending:
+            return
+        stream_key = self.keys.stream(stream)
+        handler = self.handlers[stream]
+        if getattr(handler, "no_done_precheck", False):
+            done = [False] * len(pending)
+        else:
+            done = self._done_flags([p.envelope.id for p in pending])
+        together = bool(getattr(handler, "independent_steps", False))
+        acks: list[str] = []
+        deferred: list[tuple[_Pending, Step]] = []
+        seen: set[str] = set()
+        for item, already_done in zip(pending, done, strict=True):
+            item.started = time.perf_counter()
+            if already_done:
+                acks.append(item.delivery.entry_id)
+                self.stats.duplicates += 1
+                self.stats.last_event_ms = int(time.time() * 1000)
+                self._observe(stream, "duplicate", item.started)
+                continue
+            repeated = item.envelope.id in seen
+            seen.add(item.envelope.id)
+            if repeated:  # the same message twice in one batch: the first one's step must be applied first
+                self._flush(deferred)
+            if not together or repeated:
+                self._run(item, checked=not repeated)
+                continue
+            try:
+                answer = handler(item.envelope, item.delivery)
+            except Exception as error:
+                self._failed(item, error)
+                continue
+            if isinstance(answer, StepOutcome):  # the handler ran its own step
+                if answer is StepOutcome.CONFLICT:
+                    self._run(item, checked=True)
+                else:
+                    self._finish(item, answer)
+                continue
+            deferred.append((item, answer or Step()))
+            if len(deferred) >= self.STEP_FLUSH or time.perf_counter() - deferred[0][0].started >= self.STEP_WAIT:
+                self._flush(deferred)
+        self._flush(deferred)
+        if acks:
+            self.client.xack(stream_key, self.group, *acks)
+
+    def _validated(self, stream: str, entry_id: str, fields: dict, deliveries: int) -> Envelope | None:
+        """The message, or None when it went to the DLQ (too many deliveries, or invalid)."""
         if deliveries > self.retention.max_deliveries:
             reason = f"delivered {deliveries} times (max {self.retention.max_deliveries})"
             if self.stats.last_error:
                 reason += f"; last error: {self.stats.last_error}"
             self.dead_letter(stream, entry_id, fields, reason, deliveries)
-            return
+            return None
         try:
-            envelope = decode(fields, message_of(stream))
+            return decode(fields, message_of(stream))
         except InvalidMessage as error:
             self.dead_letter(stream, entry_id, fields, str(error), deliveries)
+            return None
+
+    def _done_flags(self, message_ids: list[str]) -> list[bool]:
+        """Which messages are already done: one pipelined EXISTS for the batch."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                pipe.exists(self.keys.done(self.group, message_id))
+            return [bool(n) for n in pipe.execute()]
+
+    def _flush(self, deferred: list[tuple[_Pending, Step]]) -> None:
+        """Apply the deferred steps in one round trip; a conflict is recomputed on its own."""
+        if not deferred:
             return
-        delivery = Delivery(stream, entry_id, deliveries)
+        items = list(deferred)
+        deferred.clear()
+        calls = [(step, p.envelope.id, p.delivery.stream, self.group, p.delivery.entry_id) for p, step in items]
         try:
-            outcome = self._step(envelope, delivery)
+            outcomes: list[StepOutcome | Exception] = self.steps.run_many(calls)
+        except Exception as error:  # e.g. the connection dropped: every one stays pending, reclaim retries
+            outcomes = [error] * len(items)
+        for (item, _), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._failed(item, outcome)
+            elif outcome is StepOutcome.CONFLICT:
+                self._run(item, checked=False)
+            else:
+                self._finish(item, outcome)
+
+    def _run(self, item: _Pending, *, checked: bool) -> None:
+        """Handle and step one message on its own (``checked``: its done key was just found absent)."""
+        try:
+            outcome = self._step(item.envelope, item.delivery, checked=checked)
         except Exception as error:  # a handler bug or Redis hiccup: leave pending, reclaim retries
-            self.stats.errors += 1
-            self.stats.last_error = f"{type(error).__name__}: {error}"[:300]
-            log.exception("handler failed", extra={"stream": stream, "entry": entry_id, "msg_id": envelope.id})
-            self._observe(stream, "error", started)
+            self._failed(item, error)
             return
+        self._finish(item, outcome)
+
+    def _failed(self, item: _Pending, error: Exception) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = f"{type(error).__name__}: {error}"[:300]
+        log.error(
+            "handler failed",
+            exc_info=error,
+            extra={"stream": item.delivery.stream, "entry": item.delivery.entry_id, "msg_id": item.envelope.id},
+        )
+        self._observe(item.delivery.stream, "error", item.started)
+
+    def _finish(self, item: _Pending, outcome: StepOutcome) -> None:
+        stream = item.delivery.stream
         self.stats.last_event_ms = int(time.time() * 1000)
         if outcome is StepOutcome.DUPLICATE:
             self.stats.duplicates += 1
-            self._observe(stream, "duplicate", started)
+            self._observe(stream, "duplicate", item.started)
         else:
             self.stats.processed += 1
             self.stats.per_stream[stream] = self.stats.per_stream.get(stream, 0) + 1
-            self._observe(stream, "processed", started)
+            self._observe(stream, "processed", item.started)
 
-    def _step(self, envelope: Envelope, delivery: Delivery) -> StepOutcome:
+    def handle_entry(self, stream: str, entry_id: str, fields: dict, deliveries: int) -> None:
+        """Handle one entry on its own (reclaimed entries; tests), checking its done key first."""
+        started = time.perf_counter()
+        envelope = self._validated(stream, entry_id, fields, deliveries)
+        if envelope is not None:
+            self._run(_Pending(envelope, Delivery(stream, entry_id, deliveries), started), checked=False)
+
+    def _step(self, envelope: Envelope, delivery: Delivery, *, checked: bool = False) -> StepOutcome:
         handler = self.handlers[delivery.stream]
-        for _ in range(self.MAX_CONFLICT_RETRIES):
-            if self.client.exists(self.keys.done(self.group, envelope.id)):
+        for attempt in range(self.MAX_CONFLICT_RETRIES):
+            if not (checked and attempt == 0) and self.client.exists(self.keys.done(self.group, envelope.id)):
                 self._ack(self.keys.stream(delivery.stream), delivery.entry_id)
                 return StepOutcome.DUPLICATE
             answer = handler(envelope, delivery)

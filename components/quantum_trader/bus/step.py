@@ -83,6 +83,7 @@ class StepRunner:
         self._max_len = max_len
         self._ttl = done_ttl_seconds
         self._script = client.register_script(resources.files(__package__).joinpath("stage.lua").read_text())
+        self._loaded = False
 
     def payload(self, step: Step, group: str, entry_id: str) -> str:
         outputs = []
@@ -111,3 +112,31 @@ class StepRunner:
         stream_key = self._keys.stream(input_stream) if input_stream else done_key
         result = self._script(keys=[done_key, stream_key], args=[self.payload(step, group, entry_id)])
         return StepOutcome(int(result))
+
+    def run_many(self, steps: list[tuple[Step, str, str, str, str]]) -> list[StepOutcome | Exception]:
+        """Apply several steps in one round trip: ``(step, message_id, input_stream, group, entry_id)`` each.
+
+        Each is the same script as :meth:`run`, so each is exactly-once on its own (its done key is
+        checked inside it); the pipeline only saves round trips. Outcomes come back in order; a step
+        whose script failed comes back as its exception (it was not applied: nothing is partial).
+        """
+        if not steps:
+            return []
+        calls = []
+        for step, message_id, input_stream, group, entry_id in steps:
+            done_key = self._keys.done(self._stage, message_id)
+            stream_key = self._keys.stream(input_stream) if input_stream else done_key
+            calls.append((done_key, stream_key, self.payload(step, group, entry_id)))
+        if not self._loaded:  # a pipeline cannot load it on the first miss: every call of it would fail
+            self._script.sha = self._client.script_load(self._script.script)
+            self._loaded = True
+        for attempt in range(2):
+            with self._client.pipeline(transaction=False) as pipe:
+                for done_key, stream_key, payload in calls:
+                    pipe.evalsha(self._script.sha, 2, done_key, stream_key, payload)
+                replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self._script.sha = self._client.script_load(self._script.script)  # a restarted or new server
+                continue
+            break
+        return [r if isinstance(r, Exception) else StepOutcome(int(r)) for r in replies]

@@ -48,7 +48,7 @@ class RedisSpec(Spec):
 
 
 class RiskLimits(Spec):
-    max_open_positions: int = Field(default=10, ge=1, le=1000, description="open positions + reservations")
+    max_open_positions: int = Field(default=10, ge=1, le=100_000, description="open positions + reservations")
     max_notional_per_trade: float = Field(default=1000.0, gt=0, description="USDT per entry")
     max_total_notional: float = Field(default=10000.0, gt=0, description="USDT over open positions")
     max_entries_per_hour: int = Field(default=6, ge=1, description="approved entries per symbol per hour")

@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -45,6 +46,9 @@ from quantum_trader.exchange.order_ids import is_valid_client_order_id
 
 log = logging.getLogger(__name__)
 
+FEE_QUANTUM = Decimal("0.00000001")
+"""Binance reports commissions with 8 decimals"""
+
 # python-binance keeps one base URL per API family as class attributes; paper mode overrides
 # each on the instance with a path under the simulator's base URL.
 _URL_ATTRIBUTES = {
@@ -67,6 +71,20 @@ _URL_ATTRIBUTES = {
     "OPTIONS_TESTNET_URL": "/eapi",
     "PAPI_URL": "/papi",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionRate:
+    """An account's commission rates for one symbol (fractions of the filled notional)."""
+
+    symbol: str
+    maker: Decimal
+    taker: Decimal
+
+    def taker_fee(self, qty: float, avg_price: float) -> float:
+        """The commission of a taker fill (every MARKET order is one): notional x rate, to 8 decimals."""
+        notional = Decimal(repr(float(qty))) * Decimal(repr(float(avg_price)))
+        return float((notional * self.taker).quantize(FEE_QUANTUM))
 
 
 class ExchangeClient:
@@ -108,6 +126,8 @@ class ExchangeClient:
                 setattr(self._client, attribute, self._base_url + path)
         self._client.REQUEST_TIMEOUT = self.timeout
         self._client.REQUEST_RECVWINDOW = int(recv_window)
+        target = self._base_url or (self._client.FUTURES_TESTNET_URL if testnet else self._client.FUTURES_URL)
+        _settle_environment(self._client.session, target)
         self._lock = threading.Lock()
         self._filters: dict[str, SymbolFilters] = {}
         self.requests_sent = 0
@@ -192,6 +212,15 @@ class ExchangeClient:
         trades = self._call(self._client.futures_account_trades, symbol=symbol, orderId=order_id)
         return float(sum(Decimal(str(t.get("commission", "0"))) for t in trades))
 
+    def commission_rate(self, symbol: str) -> CommissionRate:
+        """The account's maker and taker commission rates for ``symbol`` (GET /fapi/v1/commissionRate)."""
+        raw = self._call(self._client.futures_commission_rate, symbol=symbol)
+        return CommissionRate(
+            symbol=str(raw.get("symbol") or symbol),
+            maker=to_decimal(str(raw["makerCommissionRate"])),
+            taker=to_decimal(str(raw["takerCommissionRate"])),
+        )
+
     # ---- positions, account, rules -----------------------------------------------------------
 
     def positions(self, symbol: str | None = None) -> list[ExchangePosition]:
@@ -213,6 +242,10 @@ class ExchangeClient:
             raise ExchangeError(INVALID_SYMBOL, f"Invalid symbol. {symbol} is not in exchangeInfo", retryable=False)
         return found
 
+    def cached_filters(self, symbol: str) -> SymbolFilters | None:
+        """The symbol's rules from the last exchangeInfo read, without a request (None: not listed then)."""
+        return self._filters.get(symbol)
+
     def refresh_filters(self) -> None:
         info = self._call(self._client.futures_exchange_info)
         parsed = {}
@@ -222,6 +255,11 @@ class ExchangeClient:
             except (KeyError, ValueError) as error:
                 log.warning("skipping exchangeInfo entry %s: %s", entry.get("symbol"), error)
         self._filters = parsed
+
+    def leverages(self) -> dict[str, int]:
+        """The account's current leverage of every symbol, in one request (GET /fapi/v1/symbolConfig)."""
+        raw = self._call(self._client.futures_symbol_config)
+        return {str(entry["symbol"]): int(entry["leverage"]) for entry in raw}
 
     def set_leverage(self, symbol: str, leverage: int) -> int:
         """Set the symbol's initial leverage; returns what the exchange applied."""
@@ -283,6 +321,21 @@ class ExchangeClient:
                 raise ExchangeError(
                     UNKNOWN, f"unreadable answer: {error.message[:200]}", retryable=True, unknown_outcome=True
                 ) from None
+
+
+def _settle_environment(session: requests.Session, url: str) -> None:
+    """Resolve what requests reads from the environment once, instead of on every request.
+
+    With ``trust_env`` a session re-reads the proxy variables (and ``no_proxy``), the CA-bundle
+    variables and ``~/.netrc`` on every request: about a sixth of a request's client CPU here.
+    Every request of this client goes to one host, so the answer is the same each time: take it
+    now (proxies and CA bundle as requests would have chosen them for ``url``) and stop looking.
+    Authentication is the API key header, never netrc.
+    """
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    session.proxies.update(settings["proxies"] or {})
+    session.verify = settings["verify"]
+    session.trust_env = False
 
 
 def api_error(error: BinanceAPIException) -> ExchangeError:

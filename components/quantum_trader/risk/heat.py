@@ -1,7 +1,9 @@
 """Portfolio heat: the share of equity lost if every open position hit its stop (pure).
 
 heat-gate holds harvest plans when heat is above ``maxPortfolioHeat``; position-state writes the
-``portfolio:heat`` hash from this after every change, in the same step as the change.
+``portfolio:heat`` hash from this after every change, in the same step as the change: from running
+totals (:func:`heat_from_totals`, O(1) per result) in the step, and from every position
+(:func:`portfolio_heat`) in its periodic from-scratch refresh.
 """
 
 from __future__ import annotations
@@ -41,5 +43,15 @@ def portfolio_heat(positions: Iterable[Position], account_equity: float) -> Port
     """Sum of every open position's risk to its stop over equity (no stop: the whole notional)."""
     open_positions = [p for p in positions if p.is_open]
     risk = float(sum(p.open_risk() for p in open_positions))
+    return heat_from_totals(risk, len(open_positions), account_equity)
+
+
+def heat_from_totals(open_risk: float, positions: int, account_equity: float) -> PortfolioHeat:
+    """Heat from a running sum of open risk over ``positions`` open positions.
+
+    A running sum kept with float increments can land a hair below zero when everything closed;
+    no open position means exactly no risk, and risk is never negative (heat-gate refuses both).
+    """
+    risk = max(0.0, float(open_risk)) if positions > 0 else 0.0
     heat = risk / account_equity if account_equity > 0 else math.inf
-    return PortfolioHeat(heat=heat, open_risk=risk, equity=account_equity, positions=len(open_positions))
+    return PortfolioHeat(heat=heat, open_risk=risk, equity=account_equity, positions=max(0, int(positions)))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from quantum_trader.contracts.messages import ExecutionResult, PlanKind, ResultStatus
-from quantum_trader.risk.heat import PortfolioHeat, equity, portfolio_heat
+from quantum_trader.risk.heat import PortfolioHeat, equity, heat_from_totals, portfolio_heat
 from quantum_trader.risk.positions import FillOutcome, Position, apply_fill
 
 
@@ -24,13 +24,18 @@ class PortfolioView:
     position: Position
     """the result's symbol"""
     others: Sequence[Position]
-    """every other open position (for heat)"""
+    """every other open position (for heat), when ``others_risk`` is None"""
     entry_lock: str | None
     """``entry_locks[symbol]``: the plan holding the symbol's pending entry"""
     exit_lock: str | None
     """``exit_locks[symbol]``: the plan holding the symbol's exit in flight"""
     realized_pnl: float = 0.0
     fees: float = 0.0
+    others_risk: float | None = None
+    """open risk of every other open position, from position-state's running totals; when given,
+    ``others`` is not read and the heat costs O(1) however many positions are open"""
+    others_open: int = 0
+    """how many other positions are open (with ``others_risk``)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +71,15 @@ def settle(view: PortfolioView, result: ExecutionResult, starting_balance: float
     trades = 1 if closed is not None else 0
     wins = 1 if closed is not None and closed.net_pnl > 0 else 0
     account = equity(starting_balance, view.realized_pnl + fill.realized_pnl, view.fees + fill.fee)
-    positions = [p for p in view.others if p.symbol != result.symbol and p.is_open]
-    positions.append(fill.position)
+    if view.others_risk is not None:
+        mine = fill.position
+        heat = heat_from_totals(
+            view.others_risk + mine.open_risk(), view.others_open + (1 if mine.is_open else 0), account
+        )
+    else:
+        positions = [p for p in view.others if p.symbol != result.symbol and p.is_open]
+        positions.append(fill.position)
+        heat = portfolio_heat(positions, account)
     return Settlement(
         fill=fill,
         release_reservation=entry,
@@ -77,5 +89,5 @@ def settle(view: PortfolioView, result: ExecutionResult, starting_balance: float
         cooldown_from=result.time if fill.fully_closed else None,
         trades=trades,
         wins=wins,
-        heat=portfolio_heat(positions, account),
+        heat=heat,
     )

@@ -3,19 +3,31 @@
 An order reaches the exchange at most once per plan, even across crashes: the client order id is
 derived from the plan id, an in-flight marker is set before sending, and any redelivery (or marker)
 queries the order by that id before anything is resubmitted.
+
+Per order: one Redis round trip checks the message is not done yet, reads the kill switch and the
+position's quantity and sets the in-flight marker (``SET ... GET``: whether it was already set
+comes back in the same trip); one HTTP request sends the order, plus one to set leverage only when
+the plan wants another leverage than the symbol has (read for every symbol at start, then
+remembered). The fee is the filled notional times the account's taker commission rate, read once
+per symbol (``GET /fapi/v1/commissionRate``) and refreshed hourly, instead of a ``userTrades``
+request per order. The stage step writes the result (the steps of a batch go to Redis together:
+``bus.consumer.independent_steps``).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections import deque
+from dataclasses import dataclass
 from decimal import Decimal
 
-from quantum_trader.bus.consumer import Delivery, Handler
-from quantum_trader.bus.control import ControlState
+from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
+from quantum_trader.bus.control import ControlState, parse_control
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.messages import Approval, ExecutionResult, ResultStatus
-from quantum_trader.exchange.client import ExchangeClient
+from quantum_trader.exchange.client import CommissionRate, ExchangeClient
 from quantum_trader.exchange.errors import ConditionalOrderRefused, ExchangeError
 from quantum_trader.exchange.filters import SymbolFilters
 from quantum_trader.exchange.models import OrderResult
@@ -25,6 +37,30 @@ from quantum_trader.runtime.service import ComponentContext, Service
 from quantum_trader.runtime.settings import SettingsError
 
 IN_FLIGHT_TTL_SECONDS = 7 * 86400
+FILTERS_REPUBLISH_SECONDS = 10.0
+"""while an allowlisted symbol has no exchange rules (not priced yet), look again this often; each look
+that finds nothing new doubles the wait, up to ``FILTERS_REPUBLISH_MAX_SECONDS``"""
+FILTERS_REPUBLISH_MAX_SECONDS = 60.0
+FILTERS_MISS_SECONDS = 1.0
+"""an approval for a symbol without rules re-reads exchangeInfo at most this often"""
+COMMISSION_REFRESH_SECONDS = 3600.0
+START_WARM_SECONDS = 15.0
+"""paper mode: start() reads the commission rates of the tradable allowlist for at most this long"""
+IDLE_WARM_SECONDS = 0.02
+"""time idle() may spend per call reading commission rates (the loop must keep serving approvals)"""
+STALE_SCAN_SECONDS = 60.0
+RATE_READ_INTERVAL_SECONDS = {"paper": 0.0, "testnet": 2.0, "live": 2.0}
+"""Binance weighs GET /fapi/v1/commissionRate 20 (of 2,400 a minute per IP): against a real exchange,
+reading ahead is paced to one request every 2 s (a quarter of the budget); a symbol's first fill
+reads its rate at once if it is still unknown"""
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _text_dict(raw: dict) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}  # type: ignore[misc]
 
 
 def exchange_client(ctx: ComponentContext) -> ExchangeClient:
@@ -46,58 +82,223 @@ def exchange_client(ctx: ComponentContext) -> ExchangeClient:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class OrderState:
+    """What one approval needs from Redis, read in one round trip right before any request."""
+
+    done: bool
+    """the approval's message is already done (its result written): nothing more may be sent"""
+    control: ControlState
+    """the kill switch (fail closed)"""
+    open_qty: float
+    """the symbol's open position (an exit never closes more)"""
+    marked: bool
+    """the in-flight marker — set by this same round trip, before any request — was set already:
+    an earlier attempt may have sent the order, so it is looked up first. Every result's step
+    deletes the marker."""
+
+
 class ApplyLayer(Service):
     def __init__(self, ctx: ComponentContext, client: ExchangeClient | None = None) -> None:
         super().__init__(ctx)
         self.exchange = client or exchange_client(ctx)
         self.filters: dict[str, SymbolFilters] = {}
+        self._allowlist = frozenset(ctx.policy.symbols)
         self.leverage: dict[str, int] = {}
+        self.rates: dict[str, tuple[CommissionRate, float]] = {}
+        """symbol -> (the account's commission rates, when read: monotonic s)"""
         self.control: ControlState = ctx.control()
+        self._next_filters = time.monotonic() + FILTERS_REPUBLISH_SECONDS
+        self._filters_wait = FILTERS_REPUBLISH_SECONDS
+        self._last_filters_miss = 0.0
+        self._started = False
+        self._next_rate_read = 0.0
+        self._next_stale_scan = time.monotonic() + STALE_SCAN_SECONDS
+        self._rate_queue: deque[str] = deque()
+        """symbols whose commission rate is to be read (they have rules; no rate, or an old one)"""
 
     def handlers(self) -> dict[str, Handler]:
         return {"apply.approved": self.on_approval}
 
     def start(self) -> None:
         self.publish_filters()
+        self.read_leverages()
+        if not RATE_READ_INTERVAL_SECONDS.get(self.exchange.mode, 2.0):
+            self.warm_rates(START_WARM_SECONDS)
+        self._started = True
+
+    def read_leverages(self) -> None:
+        """What leverage each symbol already has at the exchange (one request), so an order only sets
+        it when its plan wants another. Unknown (the request failed): set before the first order."""
+        try:
+            current = self.exchange.leverages()
+        except ExchangeError as error:
+            self.ctx.log.warning("current leverages not read", extra={"error": str(error)})
+            return
+        self.leverage.update(current)
+
+    def idle(self) -> float | None:
+        now = time.monotonic()
+        if now >= self._next_filters:
+            if any(symbol not in self.filters for symbol in self.ctx.policy.symbols):
+                known = len(self.filters)
+                try:
+                    self.publish_filters()
+                except ExchangeError as error:
+                    self.ctx.log.warning("exchange rules not re-read", extra={"error": str(error)})
+                found_new = len(self.filters) > known
+                self._filters_wait = (
+                    FILTERS_REPUBLISH_SECONDS
+                    if found_new
+                    else min(self._filters_wait * 2, FILTERS_REPUBLISH_MAX_SECONDS)
+                )
+            self._next_filters = now + self._filters_wait
+        self.warm_rates(IDLE_WARM_SECONDS)
+        return None
 
     def publish_filters(self) -> None:
-        """Read the exchange's rules for the allowlist and share them (intent-bridge sizes with them)."""
+        """Read the exchange's rules for the allowlist and share them (intent-bridge sizes with them).
+
+        At start and then every ``FILTERS_REPUBLISH_SECONDS`` while an allowlisted symbol still has
+        none (the simulator lists a symbol once it has its first price), so a symbol priced later
+        becomes tradable without a restart. Only symbols not published by this process before are
+        written again.
+        """
         self.exchange.refresh_filters()
         published = {}
         for symbol in self.ctx.policy.symbols:
-            try:
-                found = self.exchange.filters(symbol)
-            except ExchangeError as error:
-                self.ctx.log.warning("no exchange rules for symbol", extra={"symbol": symbol, "error": str(error)})
+            if symbol in self.filters:
+                continue
+            found = self.exchange.cached_filters(symbol)
+            if found is None:
                 continue
             self.filters[symbol] = found
+            self._rate_queue.append(symbol)
             published[symbol] = json.dumps({"symbol": symbol, "filters": found.to_exchange_info()["filters"]})
+        missing = [s for s in self.ctx.policy.symbols if s not in self.filters]
+        if missing:
+            self.ctx.log.warning(
+                "no exchange rules for symbols yet", extra={"symbols": missing[:20], "missing": len(missing)}
+            )
         if published:
             self.ctx.client.hset(self.ctx.keys.exchange_filters, mapping=published)
+        self.counters["symbols_with_rules"] = len(self.filters)
+
+    def symbol_filters(self, symbol: str) -> SymbolFilters | None:
+        """The symbol's rules; a symbol without any is looked up again (at most every ``FILTERS_MISS_SECONDS``)."""
+        found = self.filters.get(symbol)
+        if found is not None:
+            return found
+        found = self.exchange.cached_filters(symbol)
+        if found is None and time.monotonic() - self._last_filters_miss >= FILTERS_MISS_SECONDS:
+            self._last_filters_miss = time.monotonic()
+            try:
+                found = self.exchange.filters(symbol)
+            except ExchangeError:
+                return None
+        if found is not None:
+            self.filters[symbol] = found
+            self._rate_queue.append(symbol)
+            if symbol in self._allowlist:
+                info = json.dumps({"symbol": symbol, "filters": found.to_exchange_info()["filters"]})
+                self.ctx.client.hset(self.ctx.keys.exchange_filters, symbol, info)
+        return found
+
+    # ---- commission rates ----------------------------------------------------------------------
+
+    def warm_rates(self, budget_seconds: float) -> int:
+        """Read queued commission rates (symbols with rules but no rate, or an hour-old one) for at most
+        ``budget_seconds``, and against a real exchange one request per ``RATE_READ_INTERVAL_SECONDS``."""
+        now = time.monotonic()
+        if now >= self._next_stale_scan and not self._rate_queue:
+            self._next_stale_scan = now + STALE_SCAN_SECONDS
+            self._rate_queue.extend(
+                s for s, (_, read_at) in self.rates.items() if now - read_at >= COMMISSION_REFRESH_SECONDS
+            )
+        deadline = now + budget_seconds
+        interval = RATE_READ_INTERVAL_SECONDS.get(self.exchange.mode, 2.0)
+        read = 0
+        while self._rate_queue:
+            now = time.monotonic()
+            if now >= deadline or now < self._next_rate_read:
+                break
+            symbol = self._rate_queue[0]
+            known = self.rates.get(symbol)
+            if known is not None and now - known[1] < COMMISSION_REFRESH_SECONDS:
+                self._rate_queue.popleft()  # read meanwhile (a first fill)
+                continue
+            self._next_rate_read = now + interval
+            try:
+                self.rates[symbol] = (self.exchange.commission_rate(symbol), time.monotonic())
+            except ExchangeError as error:
+                self.ctx.log.warning("commission rate not read", extra={"symbol": symbol, "error": str(error)})
+                break  # stays queued: the next call tries again
+            self._rate_queue.popleft()
+            read += 1
+        self.counters["commission_rates"] = len(self.rates)
+        return read
+
+    def order_fee(self, order: OrderResult) -> float:
+        """The commission of a filled MARKET order: filled notional x the taker rate of the account.
+
+        The rate is read once per symbol (a miss reads it now). If it cannot be read, the fee is
+        asked of the exchange for this order (``userTrades``), as the only way left to know it.
+        """
+        if order.fee is not None:
+            return order.fee
+        known = self.rates.get(order.symbol)
+        if known is None:
+            try:
+                known = (self.exchange.commission_rate(order.symbol), time.monotonic())
+            except ExchangeError:
+                self.count("fee_from_user_trades")
+                return self.exchange.order_fee(order.symbol, order.order_id)
+            self.rates[order.symbol] = known
+        return known[0].taker_fee(order.executed_qty, order.avg_price)
+
+    # ---- orders -------------------------------------------------------------------------------
 
     def on_control(self, state: ControlState) -> None:
         self.control = state
 
     def ready(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "reading exchange rules and commission rates"
         if not self.filters:
             return False, "no exchange rules loaded"
-        return True, f"rules for {len(self.filters)} symbols"
+        return True, f"rules for {len(self.filters)} symbols, commission rates for {len(self.rates)}"
 
-    def open_qty(self, symbol: str) -> float:
-        raw = self.ctx.client.hget(self.ctx.keys.position(symbol), "qty")
-        return float(raw) if raw else 0.0
+    def read_order_state(self, message_id: str, symbol: str, plan_id: str) -> OrderState:
+        """One round trip for everything an order needs from Redis (see :class:`OrderState`)."""
+        keys = self.ctx.keys
+        with self.ctx.client.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.done(self.ctx.name, message_id))
+            pipe.hgetall(keys.control)
+            pipe.hgetall(keys.halts)
+            pipe.hget(keys.position(symbol), "qty")
+            pipe.set(keys.in_flight(plan_id), "1", ex=IN_FLIGHT_TTL_SECONDS, get=True)
+            done, raw_control, halts, qty, marker = pipe.execute()
+        control = parse_control(_text_dict(raw_control), _text_dict(halts))
+        return OrderState(bool(done), control, float(qty) if qty else 0.0, marker is not None)
 
+    @no_done_precheck  # in read_order_state, right before any request
+    @independent_steps  # an approval reads nothing the results of the same batch write
     def on_approval(self, envelope: Envelope[Approval], delivery: Delivery) -> Step:
         approval = envelope.message
         plan = approval.plan
-        # per order, not per batch: a kill switch engaged a moment ago applies to this order
-        self.control = self.ctx.control()
+        # per order, not per batch: a kill switch engaged a moment ago applies to this order.
+        # A Redis error raises: no order without a readable kill switch; the approval stays pending.
+        state = self.read_order_state(envelope.id, plan.symbol, plan.plan_id)
+        if state.done:  # handled meanwhile (another replica, or a redelivery): never a second order
+            self.ctx.client.delete(self.ctx.keys.in_flight(plan.plan_id))
+            return Step()  # the stage step finds the done key and only acks
+        self.control, open_qty, marked = state.control, state.open_qty, state.marked
         decision = decide_order(
             approval,
             control=self.control,
             now_ms=self.ctx.now_ms(),
-            open_qty=self.open_qty(plan.symbol),
-            filters=self.filters.get(plan.symbol),
+            open_qty=open_qty,
+            filters=self.symbol_filters(plan.symbol),
         )
         coid = client_order_id(plan.plan_id)
         if isinstance(decision, Refuse):
@@ -108,7 +309,7 @@ class ApplyLayer(Service):
                     self.count("refused_conditional")
             self.count(f"refused_{decision.reason.split(':')[0]}")
             return self._result(envelope, approval, coid, decision.status, reason=decision.reason)
-        order = self._submit_once(approval, coid, decision.qty, decision.reduce_only, delivery)
+        order = self._submit_once(approval, coid, decision.qty, decision.reduce_only, delivery, marked)
         if isinstance(order, ExchangeError):
             self.count("rejected_by_exchange")
             return self._result(
@@ -119,27 +320,26 @@ class ApplyLayer(Service):
             return self._result(
                 envelope, approval, coid, ResultStatus.ERROR, reason=f"order status {order.status}", order=order
             )
-        fee = order.fee if order.fee is not None else self.exchange.order_fee(plan.symbol, order.order_id)
+        fee = self.order_fee(order)
         self.count("filled")
         return self._result(envelope, approval, coid, ResultStatus.FILLED, order=order, fee=fee)
 
     def _submit_once(
-        self, approval: Approval, coid: str, qty: Decimal, reduce_only: bool, delivery: Delivery
+        self, approval: Approval, coid: str, qty: Decimal, reduce_only: bool, delivery: Delivery, marked: bool
     ) -> OrderResult | ExchangeError:
         """The order for this plan: found at the exchange if it was sent before, else sent now.
 
-        Raises on an unknown outcome (timeout, 5xx, connection) after a lookup finds nothing: the
-        approval stays pending and is retried, looking the order up first.
+        ``marked``: the in-flight marker was already set when this attempt set it (an earlier
+        attempt got that far). Raises on an unknown outcome (timeout, 5xx, connection) after a
+        lookup finds nothing: the approval stays pending and is retried, looking the order up first.
         """
         plan = approval.plan
-        marker = self.ctx.keys.in_flight(plan.plan_id)
-        maybe_sent = delivery.deliveries > 1 or bool(self.ctx.client.exists(marker))
+        maybe_sent = delivery.deliveries > 1 or marked
         if maybe_sent:
             found = self.exchange.get_order(plan.symbol, coid)
             if found is not None:
                 self.count("recovered_after_restart")
                 return found
-        self.ctx.client.set(marker, "1", ex=IN_FLIGHT_TTL_SECONDS)
         if plan.leverage != self.leverage.get(plan.symbol) and not reduce_only:
             self.leverage[plan.symbol] = self.exchange.set_leverage(plan.symbol, plan.leverage)
         try:

@@ -10,12 +10,25 @@ Why the guards: two results for one symbol (or a reconciler correction) may be h
 same time by different replicas. The step applies only if the position's ``version`` and the
 symbol's locks are still what the handler read, so the position math is always done on the state
 it is written over; on a conflict the consumer re-reads and recomputes. Ledger sums are
-HINCRBYFLOAT (exact under any concurrency). Portfolio heat is deliberately *not* guarded: it is
-derived from every open position, and guarding it would serialize all replicas through one field
-(measured: three replicas then exhaust the consumer's conflict retries and stall messages until
-reclaim). With one replica it is exact after every step; with several, a step may write a heat
-that misses a concurrent step on another symbol, and the periodic refresh (``HEAT_REFRESH_SECONDS``,
-WATCHed, from scratch) corrects it well inside heat-gate's 60 s staleness limit.
+HINCRBYFLOAT (exact under any concurrency).
+
+Portfolio heat is incremental, O(1) per result whatever the number of open positions: the
+``portfolio:risk`` hash keeps each open position's risk to its stop (``symbol -> risk``) and
+``portfolio:risk-total`` keeps their running sum (``open_risk``, HINCRBYFLOAT by the change) and
+whether it can be trusted (``state``). A step that changes a position writes its risk entry and
+adds the difference to the sum, in the same step as the position, guarded by the entry it read;
+the heat it writes is ``(sum - old entry + new entry) / equity``. The sum itself is deliberately
+*not* guarded: guarding it would serialize all replicas through one field (measured: three
+replicas then exhaust the consumer's conflict retries and stall messages until reclaim). With one
+replica the heat is exact after every step; with several, a step may write a heat that misses a
+concurrent step on another symbol, and the next step (or the refresh) puts it right. The periodic
+refresh (``HEAT_REFRESH_SECONDS``, WATCHed, from every position) rewrites entries, sum and heat
+from scratch: it corrects float drift and positions the reconciler corrected.
+
+Fail closed: a position hash the refresh cannot read sets ``state`` to ``unreadable:<symbol>``;
+until a refresh reads every position again no step writes heat (the steps are guarded on
+``state``), so heat goes stale and heat-gate holds. Before the first refresh of an instance
+there is no ``state``: the handler runs the refresh first.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from dataclasses import dataclass
 
 import redis
 
-from quantum_trader.bus.consumer import Delivery, Handler
+from quantum_trader.bus.consumer import Delivery, Handler, no_done_precheck
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.keys import Keys
@@ -61,6 +74,19 @@ def _flat(mapping: Mapping[str, str]) -> list[str]:
     return flat
 
 
+RISK_OK = "ok"
+
+
+def risk_key(keys: Keys) -> str:
+    """hash: symbol -> open risk (``Position.open_risk``) of every open position (position-state)"""
+    return f"{keys.prefix}portfolio:risk"
+
+
+def risk_total_key(keys: Keys) -> str:
+    """hash: ``open_risk`` (running sum of ``portfolio:risk``), ``state`` (``ok`` or ``unreadable:<symbol>``)"""
+    return f"{keys.prefix}portfolio:risk-total"
+
+
 @dataclass(frozen=True, slots=True)
 class StateRead:
     """The state one result is settled against, plus the raw values its step's guards compare."""
@@ -69,48 +95,78 @@ class StateRead:
     position_version: str | None
     """``position:<symbol>.version`` as read (None: absent), the guard's expected value"""
     heat_ok: bool
-    """False when another position hash was unreadable: heat is not written (it goes stale: fail closed)"""
+    """False when the running totals cannot be trusted (an unreadable position, or no refresh yet):
+    heat is not written (it goes stale: fail closed)"""
+    risk_entry: str | None = None
+    """``portfolio:risk[symbol]`` as read (None: absent), the guard's expected value"""
+    old_risk: float = 0.0
+    """this symbol's risk as counted in the running sum"""
+    totals_missing: bool = False
+    """no refresh ever wrote the running totals (a new instance): the handler builds them first"""
+    done: bool = False
+    """the result's message is already done (read with the rest when its id is given)"""
 
 
-def read_state(client: redis.Redis, keys: Keys, symbol: str) -> StateRead:
-    """Read the result's position, its locks, the ledger and every open position (for heat)."""
+def read_state(client: redis.Redis, keys: Keys, symbol: str, done_key: str | None = None) -> StateRead:
+    """Read the result's position, its locks, the ledger and the running heat totals: one round trip, O(1).
+
+    With ``done_key``, whether the message is already done comes back in the same round trip.
+    """
     with client.pipeline(transaction=True) as pipe:
         pipe.hgetall(keys.position(symbol))
         pipe.hget(keys.entry_locks, symbol)
         pipe.hget(keys.exit_locks, symbol)
         pipe.hgetall(keys.ledger_equity)
-        pipe.hkeys(keys.open_positions)
-        raw_position, entry_lock, exit_lock, raw_ledger, open_symbols = pipe.execute()
+        pipe.hget(risk_key(keys), symbol)
+        pipe.hlen(risk_key(keys))
+        pipe.hmget(risk_total_key(keys), "open_risk", "state")
+        if done_key is not None:
+            pipe.exists(done_key)
+        replies = pipe.execute()
+    raw_position, entry_lock, exit_lock, raw_ledger, raw_entry, open_count, (raw_total, raw_state) = replies[:7]
+    done = bool(replies[7]) if done_key is not None else False
     position_hash = _text_dict(raw_position)
-    others, heat_ok = read_positions(client, keys, [_text(s) for s in open_symbols if _text(s) != symbol])
     ledger = _text_dict(raw_ledger)
+    entry = _text(raw_entry)
+    heat_ok = _text(raw_state) == RISK_OK and raw_total is not None
+    old_risk = total = 0.0
+    if heat_ok:
+        try:
+            total = float(raw_total)
+            old_risk = float(entry) if entry is not None else 0.0
+        except ValueError:
+            heat_ok = False
+            log.error("unreadable heat totals: heat not written", extra={"symbol": symbol, "entry": entry})
+    others_open = int(open_count) - (1 if entry is not None else 0)
     view = PortfolioView(
         position=Position.from_hash(symbol, position_hash),
-        others=others,
+        others=(),
         entry_lock=_text(entry_lock),
         exit_lock=_text(exit_lock),
         realized_pnl=float(ledger.get("realized_pnl") or 0),
         fees=float(ledger.get("fees") or 0),
+        others_risk=total - old_risk if heat_ok else 0.0,
+        others_open=max(0, others_open),
     )
-    return StateRead(view, position_hash.get("version"), heat_ok)
+    return StateRead(view, position_hash.get("version"), heat_ok, entry, old_risk, raw_state is None, done)
 
 
-def read_positions(client: redis.Redis, keys: Keys, symbols: list[str]) -> tuple[list[Position], bool]:
-    """The positions of ``symbols``; the flag is False when one of them could not be read."""
+def read_positions(client: redis.Redis, keys: Keys, symbols: list[str]) -> tuple[list[Position], str | None]:
+    """The positions of ``symbols``, and the first one that could not be read (None: all were)."""
     if not symbols:
-        return [], True
+        return [], None
     with client.pipeline(transaction=False) as pipe:
         for symbol in symbols:
             pipe.hgetall(keys.position(symbol))
         raws = pipe.execute()
-    positions, ok = [], True
+    positions, bad = [], None
     for symbol, raw in zip(symbols, raws, strict=True):
         try:
             positions.append(Position.from_hash(symbol, _text_dict(raw)))
         except PositionFormatError as error:
-            ok = False
+            bad = bad or symbol
             log.error("unreadable position: heat not written", extra={"symbol": symbol, "error": str(error)})
-    return positions, ok
+    return positions, bad
 
 
 def settlement_step(
@@ -154,6 +210,19 @@ def settlement_step(
     if settlement.wins:
         step.write("HINCRBY", keys.ledger_equity, "wins", settlement.wins)
     if state.heat_ok:
+        # the totals must still be trusted when the step applies (a refresh may have found an
+        # unreadable position meanwhile), and this symbol's entry still what the delta is taken from
+        step.guard(risk_total_key(keys), "state", RISK_OK)
+        if fill.changed:
+            step.guard(risk_key(keys), symbol, state.risk_entry)
+            mine = fill.position
+            new_risk = mine.open_risk() if mine.is_open else 0.0
+            if mine.is_open:
+                step.write("HSET", risk_key(keys), symbol, float(new_risk))
+            elif state.risk_entry is not None:
+                step.write("HDEL", risk_key(keys), symbol)
+            if new_risk != state.old_risk:
+                step.write("HINCRBYFLOAT", risk_total_key(keys), "open_risk", float(new_risk - state.old_risk))
         heat_fields = settlement.heat.to_hash(now_ms)
         heat_fields["market_time"] = str(result.time)
         step.write("HSET", keys.portfolio_heat, *_flat(heat_fields))
@@ -181,9 +250,17 @@ class PositionStateService(Service):
             self.refresh_heat()
         return None
 
+    @no_done_precheck  # in read_state's round trip
     def on_result(self, envelope: Envelope[ExecutionResult], delivery: Delivery) -> Step:
         result = envelope.message
-        state = read_state(self.ctx.client, self.ctx.keys, result.symbol)
+        client, keys = self.ctx.client, self.ctx.keys
+        done_key = keys.done(self.ctx.name, envelope.id)
+        state = read_state(client, keys, result.symbol, done_key)
+        if state.done:
+            return Step()  # settled already: the stage script finds the done key and only acks
+        if state.totals_missing:  # before the first refresh of an instance: build the totals once
+            self.refresh_heat()
+            state = read_state(client, keys, result.symbol, done_key)
         settlement = settle(state.view, result, self.starting_balance)
         fill = settlement.fill
         if fill.ignored_qty:
@@ -206,28 +283,38 @@ class PositionStateService(Service):
         )
 
     def refresh_heat(self) -> PortfolioHeat | None:
-        """Rewrite ``portfolio:heat`` with the wall time so heat-gate keeps trusting it between trades.
+        """Rebuild the heat totals and ``portfolio:heat`` from every position, from scratch.
 
-        WATCHed (heat, ledger, open positions): if a settlement step changes them meanwhile, this
-        round is dropped and the next one recomputes. An unreadable position leaves heat unwritten,
-        so it goes stale and heat-gate holds (fail closed).
+        Also rewrites the heat's wall time so heat-gate keeps trusting it between trades. WATCHed
+        (heat, totals, ledger, open positions): if a settlement step changes them meanwhile, this
+        round is dropped and the next one recomputes. An unreadable position marks the totals
+        untrusted, so no step writes heat until a refresh reads every position again: heat goes
+        stale and heat-gate holds (fail closed).
         """
         self._next_refresh = time.monotonic() + HEAT_REFRESH_SECONDS
         client, keys = self.ctx.client, self.ctx.keys
+        risk, total = risk_key(keys), risk_total_key(keys)
         try:
             with client.pipeline(transaction=True) as pipe:
-                pipe.watch(keys.portfolio_heat, keys.ledger_equity, keys.open_positions)
+                pipe.watch(keys.portfolio_heat, keys.ledger_equity, keys.open_positions, risk, total)
                 ledger = _text_dict(pipe.hgetall(keys.ledger_equity))
                 symbols = [_text(s) for s in pipe.hkeys(keys.open_positions)]
-                positions, ok = read_positions(client, keys, symbols)
-                if not ok:
-                    pipe.unwatch()
+                positions, bad = read_positions(client, keys, symbols)
+                if bad is not None:
+                    pipe.multi()
+                    pipe.hset(total, "state", f"unreadable:{bad}")
+                    pipe.execute()
                     return None
                 account = equity(
                     self.starting_balance, float(ledger.get("realized_pnl") or 0), float(ledger.get("fees") or 0)
                 )
+                entries = {p.symbol: repr(float(p.open_risk())) for p in positions if p.is_open}
                 heat = portfolio_heat(positions, account)
                 pipe.multi()
+                pipe.delete(risk)
+                if entries:
+                    pipe.hset(risk, mapping=entries)
+                pipe.hset(total, mapping={"open_risk": repr(heat.open_risk), "state": RISK_OK})
                 pipe.hset(keys.portfolio_heat, mapping=heat.to_hash(self.ctx.now_ms()))
                 pipe.execute()
                 return heat

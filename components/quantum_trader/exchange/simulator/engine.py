@@ -38,6 +38,8 @@ DEFAULT_LEVERAGE = 20
 MAX_LEVERAGE = 125
 MIN_NOTIONAL = Decimal(5)
 FIRST_ORDER_ID = 1_000_001
+MARGIN_QUANTUM = Decimal("0.0000000001")
+"""the order margin check's running totals add each position's share rounded to this (exact sums)"""
 
 
 class SimRejection(Exception):
@@ -249,6 +251,10 @@ class MatchingEngine:
         self._taker_fee = to_decimal(settings.taker_fee)
         self._slippage = to_decimal(settings.slippage_bps) / Decimal(10_000)
         self._next_order_id = FIRST_ORDER_ID
+        self._margin_parts: dict[str, tuple[Decimal, Decimal]] = {}
+        """symbol -> (initial margin, unrealized PnL) of its position, as counted in the two totals below"""
+        self._margin_total = Decimal(0)
+        self._upnl_total = Decimal(0)
         self.ignored_ticks = 0
         """ticks of symbols the simulator does not trade"""
 
@@ -267,6 +273,8 @@ class MatchingEngine:
         book.time = max(book.time, int(event_time))
         if book.filters is None:
             book.filters = derive_filters(symbol, value)
+        if symbol in self._positions:
+            self._recount(symbol)
         return True
 
     def last_price(self, symbol: str) -> Decimal | None:
@@ -292,7 +300,35 @@ class MatchingEngine:
         if not 1 <= int(leverage) <= MAX_LEVERAGE:
             raise SimRejection(-4028, f"Leverage {leverage} is not valid")
         book.leverage = int(leverage)
+        if symbol in self._positions:
+            self._recount(symbol)
         return book.leverage
+
+    def symbol_config(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """GET /fapi/v1/symbolConfig: margin type and leverage of every traded symbol (or of ``symbol``)."""
+        names = [symbol] if symbol is not None else list(self.symbols)
+        return [
+            {
+                "symbol": name,
+                "marginType": "CROSSED",
+                "isAutoAddMargin": "false",
+                "leverage": self._book(name).leverage,
+                "maxNotionalValue": "1000000",
+            }
+            for name in names
+        ]
+
+    # ---- fees --------------------------------------------------------------------------------
+
+    def commission_rate(self, symbol: str) -> dict[str, str]:
+        """GET /fapi/v1/commissionRate: the account's rates for ``symbol``.
+
+        Every fill here is a taker fill (MARKET orders only) and the simulator has one fee rate,
+        ``SimulatorSpec.taker_fee``; it is reported as both the maker and the taker rate.
+        """
+        self._book(symbol)
+        rate = plain(self._taker_fee)
+        return {"symbol": symbol, "makerCommissionRate": rate, "takerCommissionRate": rate}
 
     # ---- orders ------------------------------------------------------------------------------
 
@@ -346,7 +382,7 @@ class MatchingEngine:
             lev = Decimal(leverage if leverage is not None else book.leverage)
             required = fill.opening * price / lev
             released = fill.closing * book.price / Decimal(book.leverage)
-            if required > self.available_balance() + released + fill.realized:
+            if required > self._available_for_orders() + released + fill.realized:
                 raise reject(MARGIN_INSUFFICIENT)
         return self._apply(book, position, fill, side, coid, reduce_only, price, time)
 
@@ -388,6 +424,7 @@ class MatchingEngine:
             self._positions.pop(symbol, None)
         else:
             self._positions[symbol] = SimPosition(symbol, amount, entry, when)
+        self._recount(symbol)
 
     @property
     def wallet_balance(self) -> Decimal:
@@ -590,6 +627,7 @@ class MatchingEngine:
             self._positions.pop(position.symbol, None)
         else:
             self._positions[position.symbol] = SimPosition(position.symbol, fill.new_qty, fill.new_entry, when)
+        self._recount(position.symbol)
         order_id = self._next_order_id
         self._next_order_id += 1
         order = SimOrder(
@@ -611,6 +649,27 @@ class MatchingEngine:
             SimTrade(len(self._trades) + 1, order_id, position.symbol, side, price, fill.qty, fee, realized, when)
         )
         return order
+
+    def _recount(self, symbol: str) -> None:
+        """Update the margin check's running totals after ``symbol``'s position, mark or leverage changed.
+
+        O(1) per fill and tick, where summing every position on every order was O(positions).
+        """
+        old_margin, old_upnl = self._margin_parts.pop(symbol, (Decimal(0), Decimal(0)))
+        new_margin = new_upnl = Decimal(0)
+        position = self._positions.get(symbol)
+        if position is not None:
+            mark = self.mark_price(symbol)
+            lev = Decimal(self._books[symbol].leverage)
+            new_margin = (abs(position.qty) * mark / lev).quantize(MARGIN_QUANTUM)
+            new_upnl = (position.qty * (mark - position.entry_price)).quantize(MARGIN_QUANTUM)
+            self._margin_parts[symbol] = (new_margin, new_upnl)
+        self._margin_total += new_margin - old_margin
+        self._upnl_total += new_upnl - old_upnl
+
+    def _available_for_orders(self) -> Decimal:
+        """:meth:`available_balance` from the running totals (each position's share rounded to 1e-10)."""
+        return max(Decimal(0), self._wallet + self._upnl_total - self._margin_total)
 
     def _maint_margin(self, symbol: str | None = None) -> Decimal:
         names = [symbol] if symbol is not None else list(self._positions)

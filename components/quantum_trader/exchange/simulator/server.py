@@ -7,8 +7,10 @@ the aiohttp event loop (handlers, ``on_tick``), so it needs no locks.
 Paths (what python-binance 1.0.37 calls):
 - public: GET /fapi/v1/ping, /fapi/v1/time, /fapi/v1/exchangeInfo, /api/v3/ping, /api/v3/time
 - SIGNED: POST/GET /fapi/v1/order, GET /fapi/v3/positionRisk (and v2), GET /fapi/v2/account
-  (and v3), POST /fapi/v1/leverage, GET /fapi/v1/userTrades; POST /fapi/v1/algoOrder (where
-  python-binance sends conditional orders) is logged and refused — it must never be reached.
+  (and v3), POST /fapi/v1/leverage, GET /fapi/v1/symbolConfig, GET /fapi/v1/userTrades,
+  GET /fapi/v1/commissionRate;
+  POST /fapi/v1/algoOrder (where python-binance sends conditional orders) is logged and
+  refused — it must never be reached.
 - admin (unsigned, loopback only): POST /sim/price, POST /sim/adjust-position, POST /sim/faults,
   GET /sim/state, GET /sim/orders[?clientOrderId=...]
 """
@@ -128,7 +130,9 @@ class SimulatorApp:
         add("GET", "/fapi/v2/account", self._signed(self._account))
         add("GET", "/fapi/v3/account", self._signed(self._account))
         add("POST", "/fapi/v1/leverage", self._signed(self._leverage))
+        add("GET", "/fapi/v1/symbolConfig", self._signed(self._symbol_config))
         add("GET", "/fapi/v1/userTrades", self._signed(self._user_trades))
+        add("GET", "/fapi/v1/commissionRate", self._signed(self._commission_rate))
         add("POST", "/sim/price", self._admin(self._set_price))
         add("POST", "/sim/adjust-position", self._admin(self._adjust_position))
         add("POST", "/sim/faults", self._admin(self._set_faults))
@@ -286,6 +290,12 @@ class SimulatorApp:
         trades = self.engine.trades(symbol, int(order_id) if order_id else None)
         return [t.to_binance() for t in trades]
 
+    def _commission_rate(self, params: dict[str, str]) -> dict[str, str]:
+        symbol = params.get("symbol") or ""
+        if not symbol:
+            raise mandatory("symbol")
+        return self.engine.commission_rate(symbol)
+
     # ---- account -----------------------------------------------------------------------------
 
     def _position_risk_v3(self, params: dict[str, str]) -> list[dict[str, Any]]:
@@ -306,6 +316,9 @@ class SimulatorApp:
             raise mandatory("leverage")
         applied = self.engine.set_leverage(symbol, int(raw))
         return {"leverage": applied, "maxNotionalValue": "1000000", "symbol": symbol}
+
+    def _symbol_config(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        return self.engine.symbol_config(params.get("symbol") or None)
 
     # ---- admin -------------------------------------------------------------------------------
 
