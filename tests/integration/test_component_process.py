@@ -20,7 +20,8 @@ from tests.factories import send, tick
 def component_env(redis_url: str, instance: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QT_", "BINANCE_"))}
     env.update(QT_INSTANCE=instance, QT_REDIS_URL=redis_url, QT_POD="features-0",
-               QT_HEALTH_PORT=str(free_port()), QT_METRICS_PORT=str(free_port()), **extra)
+               QT_HEALTH_PORT=str(free_port()), QT_METRICS_PORT=str(free_port()))
+    env.update(extra)
     return env
 
 
@@ -79,3 +80,18 @@ def test_sigterm_finishes_acks_and_exits_zero(redis_url, instance, tmp_path):
     # whatever it took, it finished and acked: nothing is left pending for this consumer
     pending = client.xpending(keys.stream("market.tick"), "features")["pending"]
     assert pending == 0
+
+
+def test_a_metrics_port_in_use_is_one_error_line_and_exit_1(redis_url, instance):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        env = component_env(redis_url, instance, QT_METRICS_PORT=str(taken.getsockname()[1]))
+        process = start("features", env)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    errors = [json.loads(line) for line in output.splitlines() if '"level": "error"' in line]
+    assert len(errors) == 1 and errors[0]["msg"] == "cannot serve health or metrics"
+    assert "Traceback" not in output

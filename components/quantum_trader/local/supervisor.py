@@ -138,6 +138,7 @@ class Supervisor:
         )
         if self.exchange_url:
             base_env["QT_EXCHANGE_URL"] = self.exchange_url
+        self._ports: set[int] = {sim_port}
         for component in self.components:
             settings = self.policy.components.get(component)
             replicas = settings.replicas if settings is not None else 1
@@ -147,8 +148,8 @@ class Supervisor:
                 env.update(
                     QT_COMPONENT=component,
                     QT_POD=pod,
-                    QT_HEALTH_PORT=str(free_port()),
-                    QT_METRICS_PORT=str(free_port()),
+                    QT_HEALTH_PORT=str(self.new_port()),
+                    QT_METRICS_PORT=str(self.new_port()),
                 )
                 self.processes[pod] = Process(component, env, self.workdir / f"{pod}.log")
         run_file().write_text(
@@ -166,6 +167,14 @@ class Supervisor:
                 indent=2,
             )
         )
+
+    def new_port(self) -> int:
+        """A free loopback port not handed out before in this run."""
+        while True:
+            port = free_port()
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
 
     def start(self) -> None:
         for process in self.processes.values():
@@ -195,6 +204,8 @@ class Supervisor:
             popen = process.popen
             if popen is None:
                 if now >= process.next_start:
+                    # fresh ports: the old ones may have been taken meanwhile by anything on this machine
+                    process.env.update(QT_HEALTH_PORT=str(self.new_port()), QT_METRICS_PORT=str(self.new_port()))
                     process.start()
                 continue
             code = popen.poll()

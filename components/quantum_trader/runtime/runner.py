@@ -90,9 +90,22 @@ class ComponentRunner:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, lambda *_: stop.set())
         health = None
-        if self.serve_http:
-            health = HealthServer(self.ctx.settings.health_port, self.alive, self.ready).start()
-            start_http_server(self.ctx.settings.metrics_port)
+        try:
+            if self.serve_http:
+                health = HealthServer(self.ctx.settings.health_port, self.alive, self.ready).start()
+                start_http_server(self.ctx.settings.metrics_port)
+        except OSError as error:
+            log.error(
+                "cannot serve health or metrics",
+                extra={
+                    "error": str(error),
+                    "health_port": self.ctx.settings.health_port,
+                    "metrics_port": self.ctx.settings.metrics_port,
+                },
+            )
+            if health is not None:
+                health.stop()
+            return 1
         metrics.UP.labels(self.ctx.name).set(1)
         try:
             if self.consumer is not None:
