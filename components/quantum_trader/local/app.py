@@ -47,6 +47,7 @@ def run_local(
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: stop.set())  # the terminal closed: stop everything in order
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(supervisor.instance)
     started = time.monotonic()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import redis
 
+from quantum_trader.local.orphans import die_with_parent
+
 
 class RedisStartError(RuntimeError):
     pass
@@ -75,6 +77,7 @@ class EmbeddedRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ from quantum_trader.bus.control import Scope, write_control
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.policy import PolicySpec, dump_policy
 from quantum_trader.contracts.registry import check_wiring
+from quantum_trader.local.orphans import die_with_parent
 from quantum_trader.local.redis_server import free_port
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Process:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log_file.close()
         self.state = "running"
