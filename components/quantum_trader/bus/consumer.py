@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import redis
 
+from quantum_trader.bus.codec import text
 from quantum_trader.bus.step import Step, StepOutcome, StepRunner
 from quantum_trader.contracts.envelope import Envelope, InvalidMessage, decode
 from quantum_trader.contracts.keys import Keys
@@ -162,7 +163,7 @@ class StreamConsumer:
         response = self.client.xreadgroup(self.group, self.consumer, streams, count=self.batch, block=block_ms)
         handled = 0
         for stream_key, entries in response or []:
-            key = _text(stream_key)
+            key = text(stream_key)
             batch: list[tuple[str, dict, int]] = []
             for entry_id, fields in entries:
                 if not fields:  # deleted by trimming while pending
@@ -171,8 +172,8 @@ class StreamConsumer:
                 deliveries = 1
                 if start_id is None:
                     deliveries = self._deliveries(key, entry_id)
-                    self._backlog_cursor[key] = _text(entry_id)
-                batch.append((_text(entry_id), fields, deliveries))
+                    self._backlog_cursor[key] = text(entry_id)
+                batch.append((text(entry_id), fields, deliveries))
                 handled += 1
             self.handle_batch(self._stream_of_key[key], batch)
         return handled
@@ -347,21 +348,21 @@ class StreamConsumer:
                         self.ensure_groups()
                         break
                     raise
-                cursor, entries = _text(reply[0]), reply[1]
+                cursor, entries = text(reply[0]), reply[1]
                 for entry_id, fields in entries:
                     if fields is None:
                         self._ack(key, entry_id)
                         continue
                     claimed += 1
                     self.stats.reclaimed += 1
-                    self.handle_entry(stream, _text(entry_id), fields, self._deliveries(key, entry_id))
+                    self.handle_entry(stream, text(entry_id), fields, self._deliveries(key, entry_id))
                 if cursor == "0-0" or not entries:
                     break
         return claimed
 
     def dead_letter(self, stream: str, entry_id: str, fields: dict, reason: str, deliveries: int) -> None:
         started = time.perf_counter()
-        record = {(_text(k)): _text(v) for k, v in fields.items()}
+        record = {(text(k)): text(v) for k, v in fields.items()}
         dlq_fields = {
             "reason": reason,
             "stream": stream,
@@ -388,7 +389,7 @@ class StreamConsumer:
             except redis.ResponseError:
                 continue
             for group in groups:
-                if _text(group.get("name", b"")) == self.group:
+                if text(group.get("name", b"")) == self.group:
                     lag = group.get("lag")
                     info[stream] = {"lag": int(lag) if lag is not None else -1, "pending": int(group.get("pending", 0))}
         return info
@@ -407,6 +408,3 @@ class StreamConsumer:
         if self._observer is not None:
             self._observer(stream, outcome, time.perf_counter() - started)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -9,6 +9,7 @@ import time
 
 import redis
 
+from quantum_trader.bus.codec import text_dict
 from quantum_trader.contracts.control import HALTED_MISSING, ControlState, Scope, parse_control
 from quantum_trader.contracts.keys import Keys
 
@@ -35,13 +36,8 @@ def read_control(client: redis.Redis, keys: Keys) -> ControlState:
             raw, halts = pipe.execute()
     except redis.RedisError as error:
         return ControlState(True, Scope.ALL, False, f"redis unavailable: {error}"[:200], 0, "fail-closed")
-    return parse_control(_text_dict(raw), _text_dict(halts))
+    return parse_control(text_dict(raw), text_dict(halts))
 
-
-def _text_dict(raw: dict) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
-    }
 
 
 def write_control(
@@ -84,7 +80,7 @@ def clear_halts(client: redis.Redis, keys: Keys) -> dict[str, str]:
         pipe.hgetall(keys.halts)
         pipe.delete(keys.halts)
         raw, _ = pipe.execute()
-    return _text_dict(raw)
+    return text_dict(raw)
 
 
 def ack_generation(client: redis.Redis, keys: Keys, component: str, pod: str, generation: int) -> None:
@@ -93,7 +89,7 @@ def ack_generation(client: redis.Redis, keys: Keys, component: str, pod: str, ge
 
 def read_acks(client: redis.Redis, keys: Keys) -> dict[str, int]:
     result = {}
-    for member, value in _text_dict(client.hgetall(keys.ack)).items():
+    for member, value in text_dict(client.hgetall(keys.ack)).items():
         try:
             result[member] = int(value)
         except ValueError:

@@ -11,6 +11,7 @@ import time
 
 import redis
 
+from quantum_trader.bus.codec import text_dict
 from quantum_trader.contracts.heartbeat import HeartbeatRecord, parse_heartbeat
 from quantum_trader.contracts.keys import Keys
 
@@ -58,12 +59,7 @@ def write_heartbeat(
 def read_heartbeats(client: redis.Redis, keys: Keys) -> list[HeartbeatRecord]:
     records = []
     for key in client.scan_iter(match=keys.heartbeat_pattern(), count=500):
-        raw = client.hgetall(key)
-        text = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
-        record = parse_heartbeat(text)
+        record = parse_heartbeat(text_dict(client.hgetall(key)))
         if record is not None:
             records.append(record)
     return sorted(records, key=lambda r: (r.component, r.pod))

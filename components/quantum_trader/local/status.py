@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from quantum_trader.bus.codec import text_dict
 from quantum_trader.bus.control import ControlState, read_control
 from quantum_trader.bus.heartbeat import HeartbeatRecord, now_ms, read_heartbeats
 from quantum_trader.contracts.keys import Keys
@@ -122,12 +123,6 @@ def gather(
 ) -> Observed:
     from quantum_trader.contracts.registry import STREAMS
 
-    def text(raw: dict) -> dict[str, str]:
-        return {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
-
     with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.ledger_equity)
         pipe.hgetall(keys.open_positions)
@@ -138,8 +133,8 @@ def gather(
         now_ms=now_ms(),
         components=components,
         heartbeats=read_heartbeats(client, keys),
-        ledger=text(ledger),
-        open_positions=text(open_positions),
+        ledger=text_dict(ledger),
+        open_positions=text_dict(open_positions),
         control=read_control(client, keys),
         starting_equity=starting_equity,
         dlq_lengths={s: int(n) for s, n in zip(STREAMS, dlq, strict=True) if n},

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 
+from quantum_trader.bus.codec import text_dict
 from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
 from quantum_trader.bus.control import ControlState, parse_control
 from quantum_trader.bus.step import Step
@@ -55,12 +56,6 @@ reading ahead is paced to one request every 2 s (a quarter of the budget); a sym
 reads its rate at once if it is still unknown"""
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_dict(raw: dict) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}  # type: ignore[misc]
 
 
 def exchange_client(ctx: ComponentContext) -> ExchangeClient:
@@ -278,7 +273,7 @@ class ApplyLayer(Service):
             pipe.hget(keys.position(symbol), "qty")
             pipe.set(keys.in_flight(plan_id), "1", ex=IN_FLIGHT_TTL_SECONDS, get=True)
             done, raw_control, halts, qty, marker = pipe.execute()
-        control = parse_control(_text_dict(raw_control), _text_dict(halts))
+        control = parse_control(text_dict(raw_control), text_dict(halts))
         return OrderState(bool(done), control, float(qty) if qty else 0.0, marker is not None)
 
     @no_done_precheck  # in read_order_state, right before any request

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 
+from quantum_trader.bus.codec import text, text_dict
 from quantum_trader.bus.consumer import Delivery, Handler
 from quantum_trader.bus.control import ControlState, parse_control
 from quantum_trader.bus.step import Step, StepOutcome, StepRunner
@@ -38,12 +38,6 @@ ROLLOUT_REFRESH_SECONDS = 5.0
 IDLE_FLATTEN_EVERY_SECONDS = 1.0
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_dict(raw: Mapping) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 def rollout_fallback(ctx: ComponentContext) -> RolloutConfig:
@@ -106,8 +100,8 @@ class ExitBrain(Service):
             pipe.hgetall(self.ctx.keys.control)
             pipe.hgetall(self.ctx.keys.halts)
             raw_state, raw_control, raw_halts = pipe.execute()
-        state_fields = _text_dict(raw_state)
-        control = parse_control(_text_dict(raw_control), _text_dict(raw_halts))
+        state_fields = text_dict(raw_state)
+        control = parse_control(text_dict(raw_control), text_dict(raw_halts))
         rev = state_fields.get("rev")
         data = state_fields.get("data")
         # a state we cannot parse must not be silently reset (that would forget an open position):
@@ -119,7 +113,7 @@ class ExitBrain(Service):
         now = time.monotonic()
         if self._rollout is not None and now - self._rollout_read_at < self.rollout_refresh_seconds:
             return self._rollout
-        raw = _text_dict(self.ctx.client.hgetall(self.ctx.keys.rollout))
+        raw = text_dict(self.ctx.client.hgetall(self.ctx.keys.rollout))
         try:
             config = parse_rollout_hash(raw, self.fallback)
         except RolloutError as error:
@@ -233,7 +227,7 @@ class ExitBrain(Service):
     def flatten_all(self, control: ControlState) -> int:
         """Plan an exit for every watched position not yet flattened in this generation; returns plans made."""
         made = 0
-        for symbol in sorted(_text(s) for s in self.ctx.client.smembers(self.index_key)):
+        for symbol in sorted(text(s) for s in self.ctx.client.smembers(self.index_key)):
             state, rev, fresh = self.load(symbol)
             if fresh.generation != control.generation or not fresh.flatten:
                 break  # the kill switch changed under us: the runner will call on_control again

@@ -12,8 +12,8 @@ so a proposal is never made twice for one position.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
+from quantum_trader.bus.codec import text_dict
 from quantum_trader.bus.consumer import Delivery, Handler
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
@@ -26,12 +26,6 @@ from quantum_trader.runtime.service import ComponentContext, Service
 COMPONENT = "harvest"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_dict(raw: Mapping) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 class Harvest(Service):
@@ -46,7 +40,7 @@ class Harvest(Service):
         return self.ctx.keys.component_state(COMPONENT, symbol)
 
     def load(self, symbol: str) -> tuple[HarvestState, str | None]:
-        fields = _text_dict(self.ctx.client.hgetall(self.state_key(symbol)))
+        fields = text_dict(self.ctx.client.hgetall(self.state_key(symbol)))
         data = fields.get("data")
         # unparseable state raises: the message stays pending and ends in the DLQ with the reason,
         # rather than forgetting which proposals were already made

@@ -8,8 +8,9 @@ the message is acked (the step marks it done, so a redelivery does not count it 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
+from quantum_trader.bus.codec import text_dict
 from quantum_trader.bus.consumer import Delivery, Handler
 from quantum_trader.bus.control import parse_control
 from quantum_trader.bus.step import Step
@@ -18,14 +19,6 @@ from quantum_trader.contracts.messages import HarvestProposal
 from quantum_trader.exits import heat
 from quantum_trader.exits.heat import GateSettings, Hold
 from quantum_trader.runtime.service import ComponentContext, Service
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_dict(raw: Mapping) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 class HeatGate(Service):
@@ -55,12 +48,12 @@ class HeatGate(Service):
             pipe.hgetall(keys.control)
             pipe.hgetall(keys.halts)
             raw_heat, raw_position, raw_control, raw_halts = pipe.execute()
-        control = parse_control(_text_dict(raw_control), _text_dict(raw_halts))
-        position_fields = _text_dict(raw_position)
+        control = parse_control(text_dict(raw_control), text_dict(raw_halts))
+        position_fields = text_dict(raw_position)
         try:
             decision = heat.evaluate(
                 proposal,
-                _text_dict(raw_heat),
+                text_dict(raw_heat),
                 position_fields,
                 self.clock(),
                 self.settings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from quantum_trader.bus.codec import text
 from quantum_trader.bus.consumer import Delivery, Handler
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
@@ -36,7 +37,7 @@ class IntentBridge(Service):
         if symbol not in self._filters or time.monotonic() - self._filters_read > FILTERS_TTL_SECONDS:
             raw = self.ctx.client.hgetall(self.ctx.keys.exchange_filters)
             self._filters = {
-                (k.decode() if isinstance(k, bytes) else k): SymbolFilters.from_exchange_info(json.loads(v))
+                text(k): SymbolFilters.from_exchange_info(json.loads(v))
                 for k, v in raw.items()
             }
             self._filters_read = time.monotonic()

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import redis
 
+from quantum_trader.bus.codec import text, text_dict
 from quantum_trader.bus.consumer import Delivery, Handler, no_done_precheck
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
@@ -59,12 +60,6 @@ HEAT_REFRESH_SECONDS = 5.0
 """heat-gate treats heat older than 60 s (wall clock) as stale; refresh well within that"""
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_dict(raw: Mapping) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}  # type: ignore[misc]
 
 
 def _flat(mapping: Mapping[str, str]) -> list[str]:
@@ -125,10 +120,10 @@ def read_state(client: redis.Redis, keys: Keys, symbol: str, done_key: str | Non
         replies = pipe.execute()
     raw_position, entry_lock, exit_lock, raw_ledger, raw_entry, open_count, (raw_total, raw_state) = replies[:7]
     done = bool(replies[7]) if done_key is not None else False
-    position_hash = _text_dict(raw_position)
-    ledger = _text_dict(raw_ledger)
-    entry = _text(raw_entry)
-    heat_ok = _text(raw_state) == RISK_OK and raw_total is not None
+    position_hash = text_dict(raw_position)
+    ledger = text_dict(raw_ledger)
+    entry = text(raw_entry)
+    heat_ok = text(raw_state) == RISK_OK and raw_total is not None
     old_risk = total = 0.0
     if heat_ok:
         try:
@@ -141,8 +136,8 @@ def read_state(client: redis.Redis, keys: Keys, symbol: str, done_key: str | Non
     view = PortfolioView(
         position=Position.from_hash(symbol, position_hash),
         others=(),
-        entry_lock=_text(entry_lock),
-        exit_lock=_text(exit_lock),
+        entry_lock=text(entry_lock),
+        exit_lock=text(exit_lock),
         realized_pnl=float(ledger.get("realized_pnl") or 0),
         fees=float(ledger.get("fees") or 0),
         others_risk=total - old_risk if heat_ok else 0.0,
@@ -162,7 +157,7 @@ def read_positions(client: redis.Redis, keys: Keys, symbols: list[str]) -> tuple
     positions, bad = [], None
     for symbol, raw in zip(symbols, raws, strict=True):
         try:
-            positions.append(Position.from_hash(symbol, _text_dict(raw)))
+            positions.append(Position.from_hash(symbol, text_dict(raw)))
         except PositionFormatError as error:
             bad = bad or symbol
             log.error("unreadable position: heat not written", extra={"symbol": symbol, "error": str(error)})
@@ -297,8 +292,8 @@ class PositionStateService(Service):
         try:
             with client.pipeline(transaction=True) as pipe:
                 pipe.watch(keys.portfolio_heat, keys.ledger_equity, keys.open_positions, risk, total)
-                ledger = _text_dict(pipe.hgetall(keys.ledger_equity))
-                symbols = [_text(s) for s in pipe.hkeys(keys.open_positions)]
+                ledger = text_dict(pipe.hgetall(keys.ledger_equity))
+                symbols = [text(s) for s in pipe.hkeys(keys.open_positions)]
                 positions, bad = read_positions(client, keys, symbols)
                 if bad is not None:
                     pipe.multi()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from quantum_trader.bus.codec import text, text_dict
 from quantum_trader.bus.control import raise_halt
 from quantum_trader.bus.step import Step, StepRunner
 from quantum_trader.contracts.messages import PositionSide, PositionSnapshot, ReconcileEvent, ReconcileKind
@@ -16,12 +17,6 @@ from quantum_trader.exchange.errors import ExchangeError
 from quantum_trader.execution.reconcile import Finding, Holding, reconcile
 from quantum_trader.runtime.service import ComponentContext, Service
 from quantum_trader.services.apply_layer import exchange_client
-
-
-def _text(raw: dict) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
-    }
 
 
 class Reconciler(Service):
@@ -54,10 +49,10 @@ class Reconciler(Service):
 
     def internal_positions(self) -> dict[str, tuple[Holding, dict[str, str]]]:
         client, keys = self.ctx.client, self.ctx.keys
-        symbols = set(_text(client.hgetall(keys.open_positions))) | set(self.ctx.policy.symbols)
+        symbols = set(text_dict(client.hgetall(keys.open_positions))) | set(self.ctx.policy.symbols)
         result = {}
         for symbol in sorted(symbols):
-            raw = _text(client.hgetall(keys.position(symbol)))
+            raw = text_dict(client.hgetall(keys.position(symbol)))
             if not raw:
                 continue
             side = PositionSide(raw.get("side", "FLAT"))
@@ -67,7 +62,7 @@ class Reconciler(Service):
 
     def in_flight(self) -> frozenset[str]:
         client, keys = self.ctx.client, self.ctx.keys
-        return frozenset(_text(client.hgetall(keys.entry_locks))) | frozenset(_text(client.hgetall(keys.exit_locks)))
+        return frozenset(text(k) for k in (*client.hkeys(keys.entry_locks), *client.hkeys(keys.exit_locks)))
 
     def run_once(self) -> list[Finding]:
         internal = self.internal_positions()
