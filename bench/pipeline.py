@@ -93,7 +93,7 @@ from quantum_trader.local.supervisor import Supervisor
 from quantum_trader.risk.positions import Position
 from quantum_trader.risk.settlement import settle
 from quantum_trader.runtime.runner import connect
-from quantum_trader.services.position_state import RISK_OK, read_state, risk_key, risk_total_key
+from quantum_trader.services.position_state import RISK_OK, read_state
 
 EXECUTOR = ["exchange-sim", "intent-bridge", "governor", "apply-layer", "position-state"]
 STREAMS = ("trade.intent", "apply.plan", "apply.approved", "apply.result", "position.snapshot")
@@ -109,8 +109,13 @@ STAGES = {  # stage -> (the stream it reads, the stream it writes)
     "apply-layer + exchange-sim": ("apply.approved", "apply.result"),
     "position-state": ("apply.result", "position.snapshot"),
 }
-GROUPS = {"trade.intent": "intent-bridge", "apply.plan": "governor", "apply.approved": "apply-layer",
-          "apply.result": "position-state", "market.tick": "exchange-sim"}
+GROUPS = {
+    "trade.intent": "intent-bridge",
+    "apply.plan": "governor",
+    "apply.approved": "apply-layer",
+    "apply.result": "position-state",
+    "market.tick": "exchange-sim",
+}
 PRICE = 100.0
 LEVERAGE = 2
 NOTIONAL = 20.0  # qty 0.2 at 100 USDT: above the simulator's 5 USDT minimum
@@ -144,9 +149,20 @@ def symbols_for(count: int) -> list[str]:
 
 
 def intent(symbol: str, intent_id: str, t: int) -> TradeIntent:
-    return TradeIntent(symbol=symbol, intent_id=intent_id, time=t, side=Side.BUY, confidence=0.9, entry_price=PRICE,
-                       stop_loss=PRICE * 0.9, take_profit=PRICE * 1.2, leverage=LEVERAGE, notional=NOTIONAL,
-                       strategy="bench", model_digest="bench")
+    return TradeIntent(
+        symbol=symbol,
+        intent_id=intent_id,
+        time=t,
+        side=Side.BUY,
+        confidence=0.9,
+        entry_price=PRICE,
+        stop_loss=PRICE * 0.9,
+        take_profit=PRICE * 1.2,
+        leverage=LEVERAGE,
+        notional=NOTIONAL,
+        strategy="bench",
+        model_digest="bench",
+    )
 
 
 def id_ms(entry_id: str) -> int:
@@ -333,7 +349,7 @@ def inject_burst(stack: Stack, intents: list[Injected]) -> float:
     key = stack.stream_key("trade.intent")
     start = time.perf_counter()
     for first in range(0, len(intents), 500):
-        chunk = intents[first:first + 500]
+        chunk = intents[first : first + 500]
         sent = time.time() * 1000
         with stack.r.pipeline(transaction=False) as pipe:
             for record in chunk:
@@ -406,10 +422,14 @@ class CpuMeter:
             "wall_s": round(wall, 3),
             "cpu_s_total": round(total, 3),
             "cores_busy": round(total / wall, 2),
-            "machine_busy_pct": {"mean": round(sum(busy) / len(busy), 1), "max": max(busy),
-                                 "share_of_time_above_90pct": round(sum(b > 90 for b in busy) / len(busy), 2)},
-            "cpu_ms_per_order": {k: round(1000 * v / orders, 3) for k, v in
-                                 sorted(per_component.items(), key=lambda item: -item[1])},
+            "machine_busy_pct": {
+                "mean": round(sum(busy) / len(busy), 1),
+                "max": max(busy),
+                "share_of_time_above_90pct": round(sum(b > 90 for b in busy) / len(busy), 2),
+            },
+            "cpu_ms_per_order": {
+                k: round(1000 * v / orders, 3) for k, v in sorted(per_component.items(), key=lambda item: -item[1])
+            },
             "cpu_ms_per_order_total": round(1000 * total / orders, 3),
         }
 
@@ -536,15 +556,17 @@ def by_open_positions(rows: list[dict], buckets: int = 4) -> list[dict]:
     size = max(2, -(-len(ordered) // buckets))
     out = []
     for first in range(0, len(ordered), size):
-        part = ordered[first:first + size]
+        part = ordered[first : first + size]
         span = (part[-1]["position.snapshot"] - part[0]["position.snapshot"]) / 1000
-        out.append({
-            "open_positions": f"{first}-{first + len(part) - 1}",
-            "position_state_ms_p50": percentile([r["position.snapshot"] - r["apply.result"] for r in part], 50),
-            "end_to_end_ms_p50": round(percentile([r["position.snapshot"] - r["sent"] for r in part], 50), 1),
-            "end_to_end_ms_p99": round(percentile([r["position.snapshot"] - r["sent"] for r in part], 99), 1),
-            "snapshots_per_s": round((len(part) - 1) / span, 1) if span else None,
-        })
+        out.append(
+            {
+                "open_positions": f"{first}-{first + len(part) - 1}",
+                "position_state_ms_p50": percentile([r["position.snapshot"] - r["apply.result"] for r in part], 50),
+                "end_to_end_ms_p50": round(percentile([r["position.snapshot"] - r["sent"] for r in part], 50), 1),
+                "end_to_end_ms_p99": round(percentile([r["position.snapshot"] - r["sent"] for r in part], 99), 1),
+                "snapshots_per_s": round((len(part) - 1) / span, 1) if span else None,
+            }
+        )
     return out
 
 
@@ -621,11 +643,25 @@ def read_state_cost(redis_url: str, sizes: tuple[int, ...], calls: int = 40) -> 
     """
     client = connect(redis_url)
     keys = Keys("readstate")
-    result = ExecutionResult(symbol="NEWUSDT", plan_id="p", approval_id="a", client_order_id="c",
-                             status=ResultStatus.FILLED, kind=PlanKind.ENTRY, side=Side.BUY, reduce_only=False,
-                             filled_qty=0.2, avg_price=PRICE, fee=0.008, time=1,
-                             reservation=Reservation(slot=True, notional=NOTIONAL, exit_lock=False),
-                             stop_loss=PRICE * 0.9, take_profit=PRICE * 1.2, leverage=2, source="bench")
+    result = ExecutionResult(
+        symbol="NEWUSDT",
+        plan_id="p",
+        approval_id="a",
+        client_order_id="c",
+        status=ResultStatus.FILLED,
+        kind=PlanKind.ENTRY,
+        side=Side.BUY,
+        reduce_only=False,
+        filled_qty=0.2,
+        avg_price=PRICE,
+        fee=0.008,
+        time=1,
+        reservation=Reservation(slot=True, notional=NOTIONAL, exit_lock=False),
+        stop_loss=PRICE * 0.9,
+        take_profit=PRICE * 1.2,
+        leverage=2,
+        source="bench",
+    )
     out = []
     try:
         for n in sizes:
@@ -633,13 +669,24 @@ def read_state_cost(redis_url: str, sizes: tuple[int, ...], calls: int = 40) -> 
             with client.pipeline(transaction=False) as pipe:
                 for i in range(n):
                     symbol = f"R{i:05d}USDT"
-                    position = Position(symbol=symbol, side=PositionSide.LONG, qty=0.2, entry_price=PRICE,
-                                        stop_loss=PRICE * 0.9, take_profit=PRICE * 1.2, opened_at=1, mark_price=PRICE,
-                                        version=1, updated_at=1)
+                    position = Position(
+                        symbol=symbol,
+                        side=PositionSide.LONG,
+                        qty=0.2,
+                        entry_price=PRICE,
+                        stop_loss=PRICE * 0.9,
+                        take_profit=PRICE * 1.2,
+                        opened_at=1,
+                        mark_price=PRICE,
+                        version=1,
+                        updated_at=1,
+                    )
                     pipe.hset(keys.position(symbol), mapping=position.to_hash())
                     pipe.hset(keys.open_positions, symbol, NOTIONAL)
-                    pipe.hset(risk_key(keys), symbol, repr(position.open_risk()))
-                pipe.hset(risk_total_key(keys), mapping={"open_risk": repr(n * 0.2 * PRICE * 0.1), "state": RISK_OK})
+                    pipe.hset(keys.portfolio_risk, symbol, repr(position.open_risk()))
+                pipe.hset(
+                    keys.portfolio_risk_total, mapping={"open_risk": repr(n * 0.2 * PRICE * 0.1), "state": RISK_OK}
+                )
                 pipe.execute()
             read_state(client, keys, result.symbol)  # warm
             wall = cpu = settle_cpu = 0.0
@@ -651,10 +698,15 @@ def read_state_cost(redis_url: str, sizes: tuple[int, ...], calls: int = 40) -> 
                 settle_cpu += time.process_time() - c1
                 wall += time.perf_counter() - w0
                 cpu += c1 - c0
-            out.append({"open_positions": n, "read_state_wall_ms": round(1000 * (wall - settle_cpu) / calls, 3),
-                        "read_state_cpu_ms": round(1000 * cpu / calls, 3),
-                        "settle_cpu_ms": round(1000 * settle_cpu / calls, 3),
-                        "max_results_per_s": round(calls / wall, 1)})
+            out.append(
+                {
+                    "open_positions": n,
+                    "read_state_wall_ms": round(1000 * (wall - settle_cpu) / calls, 3),
+                    "read_state_cpu_ms": round(1000 * cpu / calls, 3),
+                    "settle_cpu_ms": round(1000 * settle_cpu / calls, 3),
+                    "max_results_per_s": round(calls / wall, 1),
+                }
+            )
     finally:
         client.flushall()
         client.close()
@@ -673,8 +725,19 @@ def start_profilers(stack: Stack, workdir: Path) -> dict[str, tuple[subprocess.P
     for pod, process in stack.supervisor.processes.items():
         assert process.popen is not None
         out = workdir / f"{pod}.collapsed"
-        command = [spy, "record", "--pid", str(process.popen.pid), "--rate", "200", "--format", "raw",
-                   "--output", str(out), "--nonblocking"]
+        command = [
+            spy,
+            "record",
+            "--pid",
+            str(process.popen.pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ]
         spies[pod] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
     time.sleep(1.0)  # attached
     return spies
@@ -699,8 +762,14 @@ def summarize_collapsed(path: Path, top: int) -> dict:
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
-    loop = {"runner.py:ComponentRunner.run", "consumer.py:StreamConsumer.poll_once", "consumer.py:StreamConsumer._read",
-            "cli.py:component", "cli.py:<module>", "exchange_sim.py:ExchangeSim._serve"}
+    loop = {
+        "runner.py:ComponentRunner.run",
+        "consumer.py:StreamConsumer.poll_once",
+        "consumer.py:StreamConsumer._read",
+        "cli.py:component",
+        "cli.py:<module>",
+        "exchange_sim.py:ExchangeSim._serve",
+    }
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -737,23 +806,50 @@ def print_tables(phases: list[dict]) -> None:
         lat = p["latency"]["end_to_end_ms"]
         executor = p["latency"]["plan_to_snapshot_ms"]
         ok = "yes" if p["correctness"]["ok"] else "NO"
-        rows.append([p["phase"], p["intents"], p["throughput"]["end_to_end"]["per_s"], lat["p50"], lat["p90"],
-                     lat["p99"], lat["max"], executor["p50"], executor["p99"], ok])
-    print(table(["phase", "orders", "orders/s", "e2e p50 ms", "p90", "p99", "max", "plan->snap p50", "p99", "checks"],
-                rows))
+        rows.append(
+            [
+                p["phase"],
+                p["intents"],
+                p["throughput"]["end_to_end"]["per_s"],
+                lat["p50"],
+                lat["p90"],
+                lat["p99"],
+                lat["max"],
+                executor["p50"],
+                executor["p99"],
+                ok,
+            ]
+        )
+    print(
+        table(
+            ["phase", "orders", "orders/s", "e2e p50 ms", "p90", "p99", "max", "plan->snap p50", "p99", "checks"], rows
+        )
+    )
     print()
     stage_rows = []
     for p in phases:
         t = p["throughput"]
-        stage_rows.append([p["phase"], t["injection"]["per_s"], *(t[s]["per_s"] for s in STAGES),
-                           p["cpu"]["cores_busy"], p["cpu"]["cpu_ms_per_order_total"],
-                           p["cpu"]["other_processes_cores"]])
-    print(table(["phase (stage: orders/s)", "injected", *STAGES, "cores busy", "CPU ms/order", "others' cores"],
-                stage_rows))
+        stage_rows.append(
+            [
+                p["phase"],
+                t["injection"]["per_s"],
+                *(t[s]["per_s"] for s in STAGES),
+                p["cpu"]["cores_busy"],
+                p["cpu"]["cpu_ms_per_order_total"],
+                p["cpu"]["other_processes_cores"],
+            ]
+        )
+    print(
+        table(
+            ["phase (stage: orders/s)", "injected", *STAGES, "cores busy", "CPU ms/order", "others' cores"], stage_rows
+        )
+    )
     print()
     for p in phases:
-        buckets = "  ".join(f"{b['open_positions']}: {b['snapshots_per_s']}/s e2e p50 {b['end_to_end_ms_p50']} ms"
-                            for b in p["by_open_positions"])
+        buckets = "  ".join(
+            f"{b['open_positions']}: {b['snapshots_per_s']}/s e2e p50 {b['end_to_end_ms_p50']} ms"
+            for b in p["by_open_positions"]
+        )
         print(f"{p['phase']} by open positions -> {buckets}")
         print(f"{p['phase']} CPU ms per order: {p['cpu']['cpu_ms_per_order']}")
         if not p["correctness"]["ok"]:
@@ -763,18 +859,39 @@ def print_tables(phases: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="200 intents per phase, replicas 1 and 2 (< 1 minute)")
-    parser.add_argument("--phases", default="readstate,paced,burst",
-                        help="comma list of readstate, paced, burst (default: all three)")
-    parser.add_argument("--profile", action="store_true",
-                        help="an extra burst (1 replica) under py-spy; its numbers are not the measured ones")
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                        help="before each phase wait up to S seconds for the machine to be under 15%% busy")
-    parser.add_argument("--paced-replicas", type=int, default=1, metavar="N",
-                        help="apply-layer replicas in the paced phases (default 1)")
-    parser.add_argument("--cold-leverage", action="store_true",
-                        help="do not set the symbols' leverage before a phase: every order sets it first")
-    parser.add_argument("--output", default=None, metavar="NAME",
-                        help="results file bench/results/NAME.json (default: pipeline, or pipeline-quick)")
+    parser.add_argument(
+        "--phases", default="readstate,paced,burst", help="comma list of readstate, paced, burst (default: all three)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="an extra burst (1 replica) under py-spy; its numbers are not the measured ones",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each phase wait up to S seconds for the machine to be under 15%% busy",
+    )
+    parser.add_argument(
+        "--paced-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="apply-layer replicas in the paced phases (default 1)",
+    )
+    parser.add_argument(
+        "--cold-leverage",
+        action="store_true",
+        help="do not set the symbols' leverage before a phase: every order sets it first",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        metavar="NAME",
+        help="results file bench/results/NAME.json (default: pipeline, or pipeline-quick)",
+    )
     args = parser.parse_args(argv)
     global COLD_LEVERAGE
     COLD_LEVERAGE = args.cold_leverage
@@ -796,9 +913,12 @@ def main(argv: list[str] | None = None) -> int:
         result["machine_before"] = quiet
         phases.append(result)
         cpu = result["cpu"]
-        print(f"[{time.monotonic() - started:5.1f}s] {result['phase']}: {result['throughput']['end_to_end']['per_s']}"
-              f" orders/s, checks {'ok' if result['correctness']['ok'] else 'FAILED'}, other processes used"
-              f" {cpu['other_processes_cores']} cores", flush=True)
+        print(
+            f"[{time.monotonic() - started:5.1f}s] {result['phase']}: {result['throughput']['end_to_end']['per_s']}"
+            f" orders/s, checks {'ok' if result['correctness']['ok'] else 'FAILED'}, other processes used"
+            f" {cpu['other_processes_cores']} cores",
+            flush=True,
+        )
 
     try:
         if "readstate" in wanted:
@@ -823,17 +943,20 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if phases:
         print_tables(phases)
-    path = write_results(args.output or ("pipeline-quick" if args.quick else "pipeline"), {
-        "benchmark": "pipeline",
-        "quick": args.quick,
-        "cold_leverage": args.cold_leverage,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "runtime_s": round(time.monotonic() - started, 1),
-        "machine": machine(),
-        "method": __doc__,
-        "read_state_cost": read_cost,
-        "phases": phases,
-    })
+    path = write_results(
+        args.output or ("pipeline-quick" if args.quick else "pipeline"),
+        {
+            "benchmark": "pipeline",
+            "quick": args.quick,
+            "cold_leverage": args.cold_leverage,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "runtime_s": round(time.monotonic() - started, 1),
+            "machine": machine(),
+            "method": __doc__,
+            "read_state_cost": read_cost,
+            "phases": phases,
+        },
+    )
     print(f"\n{time.monotonic() - started:.0f}s; wrote {path}")
     return 0 if all(p["correctness"]["ok"] for p in phases) else 1
 

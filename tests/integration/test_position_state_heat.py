@@ -10,7 +10,7 @@ import redis
 
 from quantum_trader.contracts.messages import Approval, ResultStatus, Side
 from quantum_trader.services import position_state
-from quantum_trader.services.position_state import RISK_OK, risk_key, risk_total_key
+from quantum_trader.services.position_state import RISK_OK
 from tests.factories import entry, exit_plan
 from tests.integration._governor_support import (
     consumer,
@@ -49,10 +49,10 @@ class Book:
         return text_hash(self.r, self.keys.portfolio_heat)
 
     def totals(self) -> dict[str, str]:
-        return text_hash(self.r, risk_total_key(self.keys))
+        return text_hash(self.r, self.keys.portfolio_risk_total)
 
     def entries(self) -> dict[str, float]:
-        return {k: float(v) for k, v in text_hash(self.r, risk_key(self.keys)).items()}
+        return {k: float(v) for k, v in text_hash(self.r, self.keys.portfolio_risk).items()}
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_a_new_instance_builds_its_totals_before_the_first_step(book: Book) -> N
         mapping={"side": "LONG", "qty": "2", "entry_price": "100", "stop_loss": "90", "opened_at": "1", "version": "1"},
     )
     b.r.hset(b.keys.open_positions, "ETHUSDT", "200.0")
-    assert not b.r.exists(risk_total_key(b.keys))  # never refreshed (start() not called)
+    assert not b.r.exists(b.keys.portfolio_risk_total)  # never refreshed (start() not called)
     b.fill(entry("BTCUSDT", "b1", price=100.0), 1.0, 100.0)
     heat = b.heat()
     assert heat["positions"] == "2" and float(heat["open_risk"]) == pytest.approx(30.0)

@@ -75,6 +75,16 @@ class Keys:
         return f"{self.prefix}portfolio:heat"
 
     @property
+    def portfolio_risk(self) -> str:
+        """hash: symbol -> open risk to the stop (position-state, updated in each settlement step)"""
+        return f"{self.prefix}portfolio:risk"
+
+    @property
+    def portfolio_risk_total(self) -> str:
+        """hash: ``open_risk`` (running sum of ``portfolio:risk``), ``state`` (``ok`` or ``unreadable:<symbol>``)"""
+        return f"{self.prefix}portfolio:risk-total"
+
+    @property
     def reservations(self) -> str:
         """hash: plan_id -> reserved notional of a pending ENTRY (governor writes, position-state releases)"""
         return f"{self.prefix}governor:reservations"

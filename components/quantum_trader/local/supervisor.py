@@ -164,7 +164,6 @@ class Supervisor:
                     "starting_equity": self.policy.simulator.starting_balance,
                     "exchange_url": self.exchange_url,
                     "workdir": str(self.workdir),
-                    "metrics_ports": {pod: int(p.env["QT_METRICS_PORT"]) for pod, p in self.processes.items()},
                 },
                 indent=2,
             )

@@ -72,14 +72,6 @@ def _flat(mapping: Mapping[str, str]) -> list[str]:
 RISK_OK = "ok"
 
 
-def risk_key(keys: Keys) -> str:
-    """hash: symbol -> open risk (``Position.open_risk``) of every open position (position-state)"""
-    return f"{keys.prefix}portfolio:risk"
-
-
-def risk_total_key(keys: Keys) -> str:
-    """hash: ``open_risk`` (running sum of ``portfolio:risk``), ``state`` (``ok`` or ``unreadable:<symbol>``)"""
-    return f"{keys.prefix}portfolio:risk-total"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +104,9 @@ def read_state(client: redis.Redis, keys: Keys, symbol: str, done_key: str | Non
         pipe.hget(keys.entry_locks, symbol)
         pipe.hget(keys.exit_locks, symbol)
         pipe.hgetall(keys.ledger_equity)
-        pipe.hget(risk_key(keys), symbol)
-        pipe.hlen(risk_key(keys))
-        pipe.hmget(risk_total_key(keys), "open_risk", "state")
+        pipe.hget(keys.portfolio_risk, symbol)
+        pipe.hlen(keys.portfolio_risk)
+        pipe.hmget(keys.portfolio_risk_total, "open_risk", "state")
         if done_key is not None:
             pipe.exists(done_key)
         replies = pipe.execute()
@@ -207,17 +199,17 @@ def settlement_step(
     if state.heat_ok:
         # the totals must still be trusted when the step applies (a refresh may have found an
         # unreadable position meanwhile), and this symbol's entry still what the delta is taken from
-        step.guard(risk_total_key(keys), "state", RISK_OK)
+        step.guard(keys.portfolio_risk_total, "state", RISK_OK)
         if fill.changed:
-            step.guard(risk_key(keys), symbol, state.risk_entry)
+            step.guard(keys.portfolio_risk, symbol, state.risk_entry)
             mine = fill.position
             new_risk = mine.open_risk() if mine.is_open else 0.0
             if mine.is_open:
-                step.write("HSET", risk_key(keys), symbol, float(new_risk))
+                step.write("HSET", keys.portfolio_risk, symbol, float(new_risk))
             elif state.risk_entry is not None:
-                step.write("HDEL", risk_key(keys), symbol)
+                step.write("HDEL", keys.portfolio_risk, symbol)
             if new_risk != state.old_risk:
-                step.write("HINCRBYFLOAT", risk_total_key(keys), "open_risk", float(new_risk - state.old_risk))
+                step.write("HINCRBYFLOAT", keys.portfolio_risk_total, "open_risk", float(new_risk - state.old_risk))
         heat_fields = settlement.heat.to_hash(now_ms)
         heat_fields["market_time"] = str(result.time)
         step.write("HSET", keys.portfolio_heat, *_flat(heat_fields))
@@ -288,7 +280,7 @@ class PositionStateService(Service):
         """
         self._next_refresh = time.monotonic() + HEAT_REFRESH_SECONDS
         client, keys = self.ctx.client, self.ctx.keys
-        risk, total = risk_key(keys), risk_total_key(keys)
+        risk, total = keys.portfolio_risk, keys.portfolio_risk_total
         try:
             with client.pipeline(transaction=True) as pipe:
                 pipe.watch(keys.portfolio_heat, keys.ledger_equity, keys.open_positions, risk, total)
