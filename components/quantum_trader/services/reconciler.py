@@ -134,37 +134,34 @@ class Reconciler(Service):
             )
 
     def correct(self, step: Step, finding: Finding, raw: dict[str, str], now: int) -> None:
-        """Make the internal position the exchange's. Bumping ``version`` voids position-state's in-flight guard."""
+        """Make the internal position the exchange's. Bumping ``version`` voids position-state's in-flight guard.
+
+        Stop-loss, take-profit and the opening time survive only when the side did not change.
+        """
         keys = self.ctx.keys
         symbol, truth = finding.symbol, finding.exchange
         version = int(raw.get("version", 0) or 0) + 1
-        if not truth.is_open:
-            step.write("DEL", keys.position(symbol)).write("HDEL", keys.open_positions, symbol)
+        same_position = truth.is_open and finding.internal.side is truth.side
+        levels = {name: raw[name] for name in ("stop_loss", "take_profit") if same_position and raw.get(name)}
+        opened_at = int(raw.get("opened_at") or now) if same_position else (now if truth.is_open else 0)
+        # DEL first: no field of the old position (levels, fees, plan ids) may outlive the correction
+        step.write("DEL", keys.position(symbol))
+        if truth.is_open:
+            fields = {
+                "side": truth.side.value,
+                "qty": repr(truth.qty),
+                "entry_price": repr(truth.entry_price),
+                "version": str(version),
+                "opened_at": str(opened_at),
+                **levels,
+            }
+            step.write("HSET", keys.position(symbol), *(x for kv in fields.items() for x in kv))
+            step.write("HSET", keys.open_positions, symbol, repr(truth.qty * truth.entry_price))
+        else:
             step.write(
                 "HSET", keys.position(symbol), "side", "FLAT", "qty", "0", "entry_price", "0", "version", str(version)
             )
-        else:
-            same_side = finding.internal.side is truth.side
-            fields = [
-                "side",
-                truth.side.value,
-                "qty",
-                repr(truth.qty),
-                "entry_price",
-                repr(truth.entry_price),
-                "version",
-                str(version),
-                "opened_at",
-                raw.get("opened_at", str(now)) if same_side else str(now),
-            ]
-            if same_side:
-                for name in ("stop_loss", "take_profit"):
-                    if raw.get(name):
-                        fields += [name, raw[name]]
-            else:
-                step.write("HDEL", keys.position(symbol), "stop_loss", "take_profit")
-            step.write("HSET", keys.position(symbol), *fields)
-            step.write("HSET", keys.open_positions, symbol, repr(truth.qty * truth.entry_price))
+            step.write("HDEL", keys.open_positions, symbol)
         snapshot = PositionSnapshot(
             symbol=symbol,
             side=truth.side if truth.is_open else PositionSide.FLAT,
@@ -172,13 +169,9 @@ class Reconciler(Service):
             entry_price=truth.entry_price if truth.is_open else 0.0,
             mark_price=truth.entry_price if truth.is_open else 0.0,
             unrealized_pnl=0.0,
-            stop_loss=float(raw["stop_loss"])
-            if truth.is_open and finding.internal.side is truth.side and raw.get("stop_loss")
-            else None,
-            take_profit=float(raw["take_profit"])
-            if truth.is_open and finding.internal.side is truth.side and raw.get("take_profit")
-            else None,
-            opened_at=int(raw.get("opened_at", now) or now) if truth.is_open else 0,
+            stop_loss=float(levels["stop_loss"]) if "stop_loss" in levels else None,
+            take_profit=float(levels["take_profit"]) if "take_profit" in levels else None,
+            opened_at=opened_at,
             time=now,
             source="reconciler",
             version=version,
