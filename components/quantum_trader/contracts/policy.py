@@ -264,14 +264,31 @@ def parse_policy(document: Any) -> PolicySpec:
 
 
 def load_policy(path: str | Path) -> PolicySpec:
+    """A policy from a YAML file; every way the file can be wrong is one ``PolicyError`` line.
+
+    An empty file is refused rather than read as all defaults: it is far more often a truncated
+    or wrong file than a wish for the defaults, which a user gets by giving no file at all.
+    """
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
-        raise PolicyError(f"cannot read policy {path}: {error.strerror}") from None
+        raise PolicyError(f"cannot read policy {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise PolicyError(f"policy {path} is not a text file (not UTF-8 at byte {error.start})") from None
+    if not text.strip():
+        raise PolicyError(f"policy {path} is empty; to run with the default policy, leave out -f")
     try:
         document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise PolicyError(f"policy {path} is not valid YAML: {error.problem or error.context}{where}") from None
     except yaml.YAMLError as error:
-        raise PolicyError(f"policy {path} is not valid YAML: {error}") from None
+        raise PolicyError(f"policy {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise PolicyError(f"policy {path} is nested too deeply to be a policy") from None
+    if document is None:
+        raise PolicyError(f"policy {path} holds only comments; to run with the default policy, leave out -f")
     return parse_policy(document)
 
 
