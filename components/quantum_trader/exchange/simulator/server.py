@@ -8,11 +8,16 @@ Paths (what python-binance 1.0.37 calls):
 - public: GET /fapi/v1/ping, /fapi/v1/time, /fapi/v1/exchangeInfo, /api/v3/ping, /api/v3/time
 - SIGNED: POST/GET /fapi/v1/order, GET /fapi/v3/positionRisk (and v2), GET /fapi/v2/account
   (and v3), POST /fapi/v1/leverage, GET /fapi/v1/symbolConfig, GET /fapi/v1/userTrades,
-  GET /fapi/v1/commissionRate;
+  GET /fapi/v1/commissionRate, GET /fapi/v1/leverageBracket;
   POST /fapi/v1/algoOrder (where python-binance sends conditional orders) is logged and
   refused — it must never be reached.
 - admin (unsigned, loopback only): POST /sim/price, POST /sim/adjust-position, POST /sim/faults,
   GET /sim/state, GET /sim/orders[?clientOrderId=...]
+
+Every other path or method answers as Binance does: HTTP 404 with ``{"code": -5000, "msg": "Path ...,
+Method ... is invalid"}``, so a client's error handling (python-binance raises ``BinanceAPIException``
+with the code) meets the same JSON it would meet at Binance, never a plain-text page. An unexpected
+failure inside the simulator is Binance's 500 ``-1000``, logged with its cause.
 """
 
 from __future__ import annotations
@@ -36,7 +41,14 @@ from quantum_trader.contracts.messages import Tick
 from quantum_trader.contracts.policy import FaultSpec, SimulatorSpec
 from quantum_trader.exchange.filters import SymbolFilters, plain
 from quantum_trader.exchange.simulator.auth import HttpRejection, mandatory, parse_params, verify_signed
-from quantum_trader.exchange.simulator.engine import MatchingEngine, SimOrder, SimRejection
+from quantum_trader.exchange.simulator.engine import (
+    INVALID_SYMBOL,
+    MAINT_MARGIN_RATE,
+    MAX_LEVERAGE,
+    MatchingEngine,
+    SimOrder,
+    SimRejection,
+)
 from quantum_trader.exchange.simulator.faults import FaultInjector
 from quantum_trader.exchange.simulator.order_log import OrderLog
 from quantum_trader.exchange.simulator.ticks import TICK_GROUP, follow_ticks
@@ -55,6 +67,14 @@ OVERLOADED = HttpRejection(
     503, -1008, "Server is currently overloaded with other requests. Please try again in a few minutes."
 )
 NOT_WITH_MARKET = ("price", "timeInForce", "stopPrice", "activationPrice", "callbackRate")
+MAX_NOTIONAL_VALUE = 1_000_000
+"""the largest position notional at any leverage: the one leverage bracket's cap"""
+UNKNOWN_ERROR = HttpRejection(500, -1000, "An unknown error occurred while processing the request.")
+
+
+def invalid_path(method: str, path: str) -> HttpRejection:
+    """Binance's answer to a path it does not serve, or a method a path does not take."""
+    return HttpRejection(404, -5000, f"Path {path}, Method {method} is invalid")
 
 
 def wall_clock_ms() -> int:
@@ -133,6 +153,7 @@ class SimulatorApp:
         add("GET", "/fapi/v1/symbolConfig", self._signed(self._symbol_config))
         add("GET", "/fapi/v1/userTrades", self._signed(self._user_trades))
         add("GET", "/fapi/v1/commissionRate", self._signed(self._commission_rate))
+        add("GET", "/fapi/v1/leverageBracket", self._signed(self._leverage_bracket))
         add("POST", "/sim/price", self._admin(self._set_price))
         add("POST", "/sim/adjust-position", self._admin(self._adjust_position))
         add("POST", "/sim/faults", self._admin(self._set_faults))
@@ -153,7 +174,15 @@ class SimulatorApp:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(("/fapi/", "/api/")) and self.faults.latency_seconds > 0:
             await asyncio.sleep(self.faults.latency_seconds)
-        return await handler(request)
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+            return _rejection_response(invalid_path(request.method, request.path))
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("simulator failed on %s %s", request.method, request.path)
+            return _rejection_response(UNKNOWN_ERROR)
 
     def _injected_fault(self, *, order: bool) -> tuple[str, HttpRejection] | None:
         if self.faults.rate_limited():
@@ -315,7 +344,34 @@ class SimulatorApp:
         if not raw.isdigit():
             raise mandatory("leverage")
         applied = self.engine.set_leverage(symbol, int(raw))
-        return {"leverage": applied, "maxNotionalValue": "1000000", "symbol": symbol}
+        return {"leverage": applied, "maxNotionalValue": str(MAX_NOTIONAL_VALUE), "symbol": symbol}
+
+    def _leverage_bracket(self, params: dict[str, str]) -> list[dict[str, Any]] | dict[str, Any]:
+        """GET /fapi/v1/leverageBracket: one bracket per symbol, the engine's own margin rules.
+
+        Binance answers a list for every symbol, and the bare object when ``symbol`` is sent.
+        """
+        symbol = params.get("symbol")
+        if symbol is not None and symbol not in self.engine.symbols:
+            raise SimRejection(*INVALID_SYMBOL)
+        names = [symbol] if symbol is not None else list(self.engine.symbols)
+        entries = [
+            {
+                "symbol": name,
+                "brackets": [
+                    {
+                        "bracket": 1,
+                        "initialLeverage": MAX_LEVERAGE,
+                        "notionalCap": MAX_NOTIONAL_VALUE,
+                        "notionalFloor": 0,
+                        "maintMarginRatio": float(MAINT_MARGIN_RATE),
+                        "cum": 0.0,
+                    }
+                ],
+            }
+            for name in names
+        ]
+        return entries[0] if symbol is not None else entries
 
     def _symbol_config(self, params: dict[str, str]) -> list[dict[str, Any]]:
         return self.engine.symbol_config(params.get("symbol") or None)

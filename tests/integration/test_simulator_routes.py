@@ -1,0 +1,131 @@
+"""The simulator answers like Binance where it serves nothing: python-binance, unchanged, over real HTTP with
+real signatures, meets Binance's JSON errors for unknown paths and methods, and the leverage brackets
+that standard clients read before they fetch positions."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from binance.client import Client
+from binance.exceptions import BinanceAPIException
+
+from quantum_trader.contracts.policy import SimulatorSpec
+from quantum_trader.exchange.client import _URL_ATTRIBUTES
+from quantum_trader.exchange.simulator.engine import MAINT_MARGIN_RATE, MAX_LEVERAGE
+from quantum_trader.exchange.simulator.server import MAX_NOTIONAL_VALUE, RunningSimulator, run_simulator_in_thread
+
+API_KEY = "routes-key-0123456789"
+API_SECRET = "routes-secret-abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture
+def sim() -> Iterator[RunningSimulator]:
+    running = run_simulator_in_thread(
+        SimulatorSpec(slippage_bps=0), symbols=["BTCUSDT", "ETHUSDT"], credentials={API_KEY: API_SECRET}
+    )
+    running.set_price("BTCUSDT", 60_000)
+    running.set_price("ETHUSDT", 3_000)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def binance(sim: RunningSimulator) -> Iterator[Client]:
+    """A stock python-binance Client pointed at the simulator, nothing of ours in between."""
+    client = Client(API_KEY, API_SECRET, ping=False)
+    for attribute, path in _URL_ATTRIBUTES.items():
+        setattr(client, attribute, sim.base_url + path)
+    yield client
+    client.close_connection()
+
+
+def raw(sim: RunningSimulator, method: str, path: str) -> tuple[int, str, str]:
+    request = urllib.request.Request(sim.base_url + path, method=method, data=b"" if method != "GET" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.headers.get_content_type(), answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get_content_type(), error.read().decode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/fapi/v1/openAlgoOrders"),
+        ("GET", "/fapi/v1/positionRisk"),  # v1 is gone at Binance; v2 and v3 are served
+        ("DELETE", "/fapi/v1/order"),  # a served path, a method it does not take
+        ("PUT", "/fapi/v1/ping"),
+        ("GET", "/sapi/v1/capital/config/getall"),
+        ("POST", "/"),
+        ("GET", "/no/such/thing"),
+        ("GET", "/sim/nothing"),
+    ],
+)
+def test_every_unknown_route_and_method_is_binances_json_error(sim, method, path):
+    status, content_type, body = raw(sim, method, path)
+    assert status == 404
+    assert content_type == "application/json"
+    assert json.loads(body) == {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}
+
+
+def test_python_binance_sees_the_error_code_of_an_unknown_endpoint(binance):
+    with pytest.raises(BinanceAPIException) as caught:
+        binance._request_futures_api("get", "openAlgoOrders", True, data={})
+    assert caught.value.status_code == 404
+    assert caught.value.code == -5000
+    assert "Path /fapi/v1/openAlgoOrders, Method GET is invalid" in caught.value.message
+
+
+def test_leverage_brackets_for_every_symbol_in_binances_shape(binance):
+    brackets = binance.futures_leverage_bracket()
+    assert [entry["symbol"] for entry in brackets] == ["BTCUSDT", "ETHUSDT"]
+    for entry in brackets:
+        assert set(entry) == {"symbol", "brackets"}
+        (bracket,) = entry["brackets"]
+        assert bracket == {
+            "bracket": 1,
+            "initialLeverage": MAX_LEVERAGE,
+            "notionalCap": MAX_NOTIONAL_VALUE,
+            "notionalFloor": 0,
+            "maintMarginRatio": float(MAINT_MARGIN_RATE),
+            "cum": 0.0,
+        }
+
+
+def test_leverage_bracket_of_one_symbol_is_the_bare_object(binance):
+    entry = binance.futures_leverage_bracket(symbol="ETHUSDT")
+    assert entry["symbol"] == "ETHUSDT" and entry["brackets"][0]["initialLeverage"] == MAX_LEVERAGE
+
+
+def test_leverage_bracket_of_an_unknown_symbol_is_invalid_symbol(binance):
+    with pytest.raises(BinanceAPIException) as caught:
+        binance.futures_leverage_bracket(symbol="DOGEUSDT")
+    assert (caught.value.status_code, caught.value.code) == (400, -1121)
+
+
+def test_leverage_bracket_is_signed(sim, binance):
+    status, _, body = raw(sim, "GET", "/fapi/v1/leverageBracket")
+    assert status == 401 and json.loads(body)["code"] == -2014
+    wrong = Client(API_KEY, "not-the-secret", ping=False)
+    for attribute, path in _URL_ATTRIBUTES.items():
+        setattr(wrong, attribute, sim.base_url + path)
+    with pytest.raises(BinanceAPIException) as caught:
+        wrong.futures_leverage_bracket()
+    assert caught.value.code == -1022
+    wrong.close_connection()
+
+
+def test_a_position_fetch_as_standard_clients_do_it(binance):
+    """Brackets first (to compute maintenance margin), then positions: the sequence of ccxt's fetch_positions."""
+    binance.futures_create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01")
+    brackets = {entry["symbol"]: entry["brackets"] for entry in binance.futures_leverage_bracket()}
+    positions = [p for p in binance.futures_position_information() if float(p["positionAmt"]) != 0]
+    assert [p["symbol"] for p in positions] == ["BTCUSDT"]
+    (position,) = positions
+    notional = abs(float(position["notional"]))
+    bracket = next(b for b in brackets["BTCUSDT"] if b["notionalFloor"] <= notional < b["notionalCap"])
+    assert float(position["maintMargin"]) == pytest.approx(notional * bracket["maintMarginRatio"] - bracket["cum"])
