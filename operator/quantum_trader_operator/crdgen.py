@@ -8,8 +8,11 @@ Pydantic writes JSON Schema; the API server wants a *structural* OpenAPI v3 sche
 - numeric ``exclusiveMinimum: 0`` becomes ``minimum: 0`` + ``exclusiveMinimum: true`` (OpenAPI 3.0 form);
 - ``additionalProperties: false`` is dropped (Kubernetes prunes unknown fields instead, and strict field
   validation refuses them); ``true`` becomes ``x-kubernetes-preserve-unknown-fields``;
-- a field with a ``default_factory`` gets its default too: ``{}`` for an object (the API server then fills
-  the nested defaults), the value itself for a list or map — so CEL rules always see a value;
+- a field with a ``default_factory`` gets its default too, written out in full: the API server checks every
+  default against its node's schema and CEL rules *as written*, without filling nested defaults first, so an
+  object default ``{}`` fails a rule like ``self.fast < self.slow`` ("no such key") and the CRD is refused.
+  The full default is what nested defaulting would produce anyway (tests/operator/test_models_crds.py), and
+  a list or map default is the value itself;
 - every node must have a ``type`` (or preserve unknown fields) and every property a description.
 """
 
@@ -148,8 +151,7 @@ def _factory_defaults(model: type[BaseModel], schema: dict[str, Any], where: str
         if not prop.get("description"):
             raise CrdError(f"{where}.{alias} has no description: give the pydantic Field one")
         if info.default_factory is not None:
-            value = info.default_factory()  # type: ignore[call-arg]
-            prop["default"] = {} if isinstance(value, BaseModel) else _json(value)
+            prop["default"] = _json(info.default_factory())  # type: ignore[call-arg]
             schema["properties"][alias] = _ordered(prop)
             prop = schema["properties"][alias]
         nested = _model_in(info.annotation)

@@ -371,7 +371,13 @@ def _trading_policy_schema(spec: dict[str, Any]) -> None:
         pinned["maxItems"] = MAX_SYMBOLS
         pinned["items"].update(maxLength=MAX_SYMBOL_LENGTH)
 
+    # No default Redis in a cluster: RedisSpec() (neither url nor managed) is what `qt run` fills in for its
+    # embedded Redis, but here it breaks the exactly-one rule below, and the API server checks every default
+    # against the rules of its node when the CRD is created (it would refuse the CRD). Required instead, as
+    # validate_policy requires one of the two.
+    spec["required"] = sorted({*spec["required"], "redis"})
     redis = _node(spec, "redis")
+    del redis["default"]
     url = _node(redis, "url")
     url.pop("nullable", None)
     url["maxLength"] = MAX_URL_LENGTH

@@ -1,0 +1,208 @@
+"""What the API server checks about a CRD's defaults when the CRD is created or updated, done the same way here.
+
+kube-apiserver (apiextensions-apiserver, ``schema/defaulting/validation.go``) walks the structural schema and, for
+every node with a ``default``, checks that default *as written* — nested defaults are NOT filled in first, so an
+object default ``{}`` is checked as ``{}``:
+
+1. pruned: the default has no field the schema does not know ("must not have unknown fields");
+2. the node's OpenAPI schema (types, enums, bounds, ``required``...) accepts it;
+3. the CEL rules (``x-kubernetes-validations``) of the node and of every node the default reaches accept it,
+   evaluated with ``oldSelf`` = the default (transition rules run too) and, when that passes, once more as a
+   create (no ``oldSelf``: transition rules skipped), as validation ratcheting does. A rule that cannot be
+   evaluated, e.g. ``self.fast`` on ``{}`` ("no such key"), refuses the CRD like a rule that is false.
+
+Defaults under ``additionalProperties`` are forbidden by the API server, so that walk does not follow them.
+The messages have the API server's shape, e.g.
+``spec.validation.openAPIV3Schema.properties[spec].properties[risk].default: Invalid value: "object": ...``.
+
+Used by the CRD unit tests, the chart's CRD test and the Kubernetes emulator of the integration tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import celpy
+import jsonschema
+from celpy import celtypes
+
+
+def default_violations(crd: Mapping[str, Any]) -> list[str]:
+    """Every reason the API server would refuse ``crd`` for one of its defaults (empty: accepted)."""
+    versions = crd.get("spec", {}).get("versions") or []
+    schemas = [(v.get("schema") or {}).get("openAPIV3Schema") for v in versions]
+    if schemas and all(s == schemas[0] for s in schemas):
+        # One schema for every version: the API server reports it as the (internal) top-level validation.
+        located = [("spec.validation.openAPIV3Schema", schemas[0])]
+    else:
+        located = [(f"spec.versions[{i}].schema.openAPIV3Schema", s) for i, s in enumerate(schemas)]
+    problems: list[str] = []
+    for where, schema in located:
+        if isinstance(schema, Mapping):
+            for path, node in defaulted_nodes(schema, where):
+                problems.extend(check_default(node, f"{path}.default"))
+    return problems
+
+
+def defaulted_nodes(node: Mapping[str, Any], path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(path, node)`` of every node with a default, through properties and items (not additionalProperties)."""
+    if "default" in node:
+        yield path, node
+    if isinstance(node.get("items"), Mapping):
+        yield from defaulted_nodes(node["items"], f"{path}.items")
+    for name, child in (node.get("properties") or {}).items():
+        yield from defaulted_nodes(child, f"{path}.properties[{name}]")
+
+
+def check_default(node: Mapping[str, Any], path: str) -> list[str]:
+    """The API server's checks of one node's default, in its order: pruning, then schema, then CEL."""
+    value = node["default"]
+    unknown = list(_unknown_fields(node, value, ""))
+    if unknown:
+        return [f"{_invalid(path, node)}: must not have unknown fields ({', '.join(unknown)})"]
+    schema_errors = sorted(
+        f"{path}{_json_path(error.absolute_path)}: Invalid value: {error.message}"
+        for error in jsonschema.Draft4Validator(to_json_schema(node)).iter_errors(value)
+    )
+    if schema_errors:
+        return schema_errors
+    # As an update from the default to itself first; only if that passes, as a create (ratcheting).
+    return cel_errors(node, value, value, path) or cel_errors(node, value, None, path)
+
+
+# ---------------------------------------------------------------- pruning and OpenAPI
+
+
+def _unknown_fields(node: Mapping[str, Any], value: Any, path: str) -> Iterator[str]:
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    if isinstance(value, Mapping):
+        props = node.get("properties")
+        extra = node.get("additionalProperties")
+        for key, item in value.items():
+            if props is not None and key in props:
+                yield from _unknown_fields(props[key], item, f"{path}.{key}")
+            elif isinstance(extra, Mapping):
+                yield from _unknown_fields(extra, item, f"{path}.{key}")
+            else:
+                yield f"{path}.{key}".lstrip(".")
+    elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        for index, item in enumerate(value):
+            yield from _unknown_fields(node["items"], item, f"{path}[{index}]")
+
+
+def to_json_schema(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A structural schema node as JSON Schema draft 4 (whose exclusiveMinimum is also a boolean)."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("nullable", "default", "description") or key.startswith("x-kubernetes-"):
+            continue
+        if key == "properties":
+            out[key] = {name: to_json_schema(child) for name, child in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
+            out[key] = to_json_schema(value)
+        else:
+            out[key] = value
+    if node.get("nullable") and "type" in node:
+        out["type"] = [node["type"], "null"]
+    if node.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True
+    return out
+
+
+def _json_path(parts: Any) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+# ---------------------------------------------------------------- CEL
+
+
+def cel_errors(node: Mapping[str, Any], value: Any, old: Any, path: str) -> list[str]:
+    """The CEL validator over ``value``: the node's rules, then its properties, map values and list items."""
+    if value is None:
+        return []
+    errors: list[str] = []
+    for rule in node.get("x-kubernetes-validations") or []:
+        transition = "oldSelf" in rule["rule"]
+        if transition and old is None:
+            continue  # a transition rule runs only against an old value
+        activation = {"self": to_cel(node, value)}
+        if transition:
+            activation["oldSelf"] = to_cel(node, old)
+        message = rule.get("message") or f"failed rule: {rule['rule']}"
+        try:
+            result = _program(rule["rule"]).evaluate(activation)
+        except celpy.CELEvalError as error:
+            result = error
+        if isinstance(result, celtypes.BoolType):
+            if not result:
+                where = path + (rule.get("fieldPath") or "")
+                errors.append(f"{_invalid(where, node)}: {message}")
+        else:
+            errors.append(f"{_invalid(path, node)}: {_eval_error(result)} evaluating rule: {message}")
+    if isinstance(value, Mapping):
+        props = node.get("properties") or {}
+        extra = node.get("additionalProperties")
+        olds = old if isinstance(old, Mapping) else {}
+        for key, item in value.items():
+            child = props.get(key) if key in props else extra if isinstance(extra, Mapping) else None
+            if child is not None:
+                errors.extend(cel_errors(child, item, olds.get(key), f"{path}.{key}"))
+    elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        items = node["items"]
+        keys = node.get("x-kubernetes-list-map-keys") if node.get("x-kubernetes-list-type") == "map" else None
+        olds_by_key = {_map_key(o, keys): o for o in old or []} if keys else {}
+        for index, item in enumerate(value):
+            # Only map lists correlate an item with its old self (by key); other items are checked as new.
+            old_item = olds_by_key.get(_map_key(item, keys)) if keys else None
+            errors.extend(cel_errors(items, item, old_item, f"{path}[{index}]"))
+    return errors
+
+
+def _map_key(item: Any, keys: list[str]) -> tuple[Any, ...]:
+    return tuple(item.get(k) for k in keys) if isinstance(item, Mapping) else (item,)
+
+
+def to_cel(node: Mapping[str, Any], value: Any) -> Any:
+    """A value typed as the API server types it for CEL: by the schema, ``number`` always a double."""
+    if value is None:
+        return None
+    kind = node.get("type")
+    if kind == "object" and isinstance(value, Mapping):
+        props = node.get("properties") or {}
+        extra = node.get("additionalProperties") if isinstance(node.get("additionalProperties"), Mapping) else {}
+        return celtypes.MapType({celtypes.StringType(k): to_cel(props.get(k, extra), v) for k, v in value.items()})
+    if kind == "array" and isinstance(value, list):
+        return celtypes.ListType([to_cel(node.get("items") or {}, item) for item in value])
+    if kind == "number":
+        return celtypes.DoubleType(float(value))
+    if kind == "integer":
+        return celtypes.IntType(value)
+    if kind == "boolean":
+        return celtypes.BoolType(value)
+    if kind == "string":
+        return celtypes.StringType(value)
+    return celpy.json_to_cel(value)
+
+
+@functools.cache
+def _program(rule: str) -> Any:
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
+def _eval_error(error: Any) -> str:
+    """celpy's "no such member in mapping: 'fast'" in cel-go's words: "no such key: fast"."""
+    text = str(error.args[0]) if getattr(error, "args", None) else str(error)
+    prefix = "no such member in mapping: "
+    if text.startswith(prefix):
+        return f"no such key: {text.removeprefix(prefix).strip(chr(39))}"
+    return text
+
+
+def _invalid(path: str, node: Mapping[str, Any]) -> str:
+    """field.Invalid's prefix as the CEL validator writes it: the value is shown as the node's type."""
+    kind = node.get("type", "object")
+    return f'{path}: Invalid value: "{kind}"'
