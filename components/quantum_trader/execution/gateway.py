@@ -2,6 +2,13 @@
 
 Invariants: only MARKET orders (5); expired approvals rejected, not sent (4); the kill switch is
 checked per order (8); an exit never closes more than is open and is always reduceOnly (6).
+
+The redelivery rule (docs/EXECUTION.md, "Redelivery"): an approval that may have been sent before
+— redelivered, or its in-flight marker already set — is first looked up at the exchange by its
+client order id. An order found there is reported with what the exchange did (a fill is FILLED,
+with its real quantity, price and fee), whatever the approval's age or the kill switch say now:
+those refusals are for orders never sent, and refusing a sent order would lose its fill. Only
+conditional types skip the lookup: the gateway never sends them, so no earlier attempt can have.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from decimal import Decimal
 from quantum_trader.contracts.control import ControlState
 from quantum_trader.contracts.messages import Approval, OrderType, PlanKind, ResultStatus
 from quantum_trader.exchange.filters import SymbolFilters, check_order, qty_for_notional, round_qty_down
+from quantum_trader.exchange.models import OrderResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +34,29 @@ class Refuse:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class LookUp:
+    """Query the order by its client order id, then decide again with the answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The order reached the exchange before: report it, never refuse it and never send it again."""
+
+    order: OrderResult
+
+
+def maybe_sent(deliveries: int, marked: bool) -> bool:
+    """Whether an earlier attempt may have sent this approval's order: it was delivered before, or an
+    earlier attempt got as far as setting the in-flight marker (set right before any request)."""
+    return deliveries > 1 or marked
+
+
+def has_fill(order: OrderResult) -> bool:
+    """The order executed (some or all of it): its quantity is at the exchange and must be recorded."""
+    return order.filled or order.executed_qty > 0
+
+
 def decide_order(
     approval: Approval,
     *,
@@ -33,11 +64,19 @@ def decide_order(
     now_ms: int,
     open_qty: float,
     filters: SymbolFilters | None,
-) -> Send | Refuse:
-    """What to do with an approval: send a MARKET order of ``qty``, or refuse it with a status and reason."""
+    sent_before: bool = False,
+    looked_up: bool = False,
+    found: OrderResult | None = None,
+) -> Send | Refuse | LookUp | Report:
+    """What to do with an approval: send a MARKET order of ``qty``, refuse it with a status and reason,
+    look it up first (``sent_before`` and not ``looked_up`` yet), or report the order ``found``."""
     plan = approval.plan
     if plan.order_type is not OrderType.MARKET:
         return Refuse(ResultStatus.REJECTED, f"conditional_order_refused: {plan.order_type.value}")
+    if sent_before and not looked_up:
+        return LookUp()
+    if found is not None:
+        return Report(found)
     if now_ms > approval.expires_at:
         late = (now_ms - approval.expires_at) / 1000
         return Refuse(ResultStatus.REJECTED, f"approval_expired: {late:.3f}s past expires_at")

@@ -118,8 +118,8 @@ class ComponentRunner:
             wait = 0.0
             while not stop.is_set():
                 self._last_loop = time.monotonic()
-                if self.consumer is not None:
-                    self.consumer.poll_once(block_ms=int(min(max(wait, 0.05), 0.5) * 1000))
+                if self.consumer is not None and self.service.accepting():
+                    self.consumer.poll_once(block_ms=int(min(max(wait or 0.0, 0.05), 0.5) * 1000))
                     wait = self.service.idle() or 0.2
                 else:
                     wait = self.service.idle()

@@ -73,6 +73,12 @@ class Service:
     def ready(self) -> tuple[bool, str]:
         return True, "ready"
 
+    def accepting(self) -> bool:
+        """Whether the loop reads the inputs now. False while a component cannot act on a message yet
+        (apply-layer before it has reached the exchange): its messages wait unread instead of failing
+        delivery after delivery into the DLQ. ``idle`` still runs (that is where it tries again)."""
+        return True
+
     def close(self) -> None:
         """Release resources; called once after the loop stops."""
 

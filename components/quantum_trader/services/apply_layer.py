@@ -2,7 +2,12 @@
 
 An order reaches the exchange at most once per plan, even across crashes: the client order id is
 derived from the plan id, an in-flight marker is set before sending, and any redelivery (or marker)
-queries the order by that id before anything is resubmitted.
+queries the order by that id before anything is resubmitted — or refused: an order found there is
+reported as what the exchange did with it, even if the approval expired or the kill switch was
+engaged meanwhile, so a fill is never lost (docs/EXECUTION.md, "Redelivery").
+
+An exchange unreachable at start is waited for (retried with backoff, /readyz not ready, no approval
+read, nothing sent); apply-layer never exits for it.
 
 Per order: one Redis round trip checks the message is not done yet, reads the kill switch and the
 position's quantity and sets the in-flight marker (``SET ... GET``: whether it was already set
@@ -21,6 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 
 from quantum_trader.bus.codec import text_dict
 from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
@@ -33,7 +39,7 @@ from quantum_trader.exchange.errors import ConditionalOrderRefused, ExchangeErro
 from quantum_trader.exchange.filters import SymbolFilters
 from quantum_trader.exchange.models import OrderResult
 from quantum_trader.exchange.order_ids import client_order_id
-from quantum_trader.execution.gateway import Refuse, decide_order
+from quantum_trader.execution.gateway import LookUp, Refuse, Report, Send, decide_order, has_fill, maybe_sent
 from quantum_trader.runtime.service import ComponentContext, Service
 from quantum_trader.runtime.settings import SettingsError
 
@@ -50,6 +56,9 @@ START_WARM_SECONDS = 15.0
 IDLE_WARM_SECONDS = 0.02
 """time idle() may spend per call reading commission rates (the loop must keep serving approvals)"""
 STALE_SCAN_SECONDS = 60.0
+EXCHANGE_RETRY_FIRST_SECONDS = 0.5
+EXCHANGE_RETRY_MAX_SECONDS = 30.0
+"""an exchange unreachable at start is tried again after 0.5 s, doubling up to 30 s"""
 RATE_READ_INTERVAL_SECONDS = {"paper": 0.0, "testnet": 2.0, "live": 2.0}
 """Binance weighs GET /fapi/v1/commissionRate 20 (of 2,400 a minute per IP): against a real exchange,
 reading ahead is paced to one request every 2 s (a quarter of the budget); a symbol's first fill
@@ -107,6 +116,10 @@ class ApplyLayer(Service):
         self._filters_wait = FILTERS_REPUBLISH_SECONDS
         self._last_filters_miss = 0.0
         self._started = False
+        """the exchange's rules were read: approvals are read from then on"""
+        self._exchange_wait = EXCHANGE_RETRY_FIRST_SECONDS
+        self._next_exchange_try = 0.0
+        self._exchange_problem = ""
         self._next_rate_read = 0.0
         self._next_stale_scan = time.monotonic() + STALE_SCAN_SECONDS
         self._rate_queue: deque[str] = deque()
@@ -116,11 +129,35 @@ class ApplyLayer(Service):
         return {"apply.approved": self.on_approval}
 
     def start(self) -> None:
-        self.publish_filters()
-        self.read_leverages()
+        self.reach_exchange()
+
+    def reach_exchange(self) -> bool:
+        """Read the exchange's rules and leverages; True once done. An unreachable exchange is not a
+        reason to exit: apply-layer stays up, not ready and not reading approvals (``accepting``),
+        and ``idle`` tries again with backoff (``EXCHANGE_RETRY_*``) until the exchange answers."""
+        try:
+            self.publish_filters()
+            self.read_leverages()
+        except ExchangeError as error:
+            self._exchange_problem = str(error)
+            self._next_exchange_try = time.monotonic() + self._exchange_wait
+            self.count("exchange_unreachable")
+            self.ctx.log.warning(
+                "exchange unreachable: waiting, no approval is read",
+                extra={"error": str(error), "retry_in_s": self._exchange_wait},
+            )
+            self._exchange_wait = min(self._exchange_wait * 2, EXCHANGE_RETRY_MAX_SECONDS)
+            return False
         if not RATE_READ_INTERVAL_SECONDS.get(self.exchange.mode, 2.0):
             self.warm_rates(START_WARM_SECONDS)
+        if self._exchange_problem:
+            self.ctx.log.info("exchange reached", extra={"after": self._exchange_problem})
+        self._exchange_problem = ""
         self._started = True
+        return True
+
+    def accepting(self) -> bool:
+        return self._started
 
     def read_leverages(self) -> None:
         """What leverage each symbol already has at the exchange (one request), so an order only sets
@@ -134,6 +171,10 @@ class ApplyLayer(Service):
 
     def idle(self) -> float | None:
         now = time.monotonic()
+        if not self._started:
+            if now < self._next_exchange_try or not self.reach_exchange():
+                return max(0.05, self._next_exchange_try - time.monotonic())
+            now = time.monotonic()
         if now >= self._next_filters:
             if any(symbol not in self.filters for symbol in self.ctx.policy.symbols):
                 known = len(self.filters)
@@ -257,6 +298,8 @@ class ApplyLayer(Service):
         self.control = state
 
     def ready(self) -> tuple[bool, str]:
+        if self._exchange_problem:
+            return False, f"exchange unreachable, retrying: {self._exchange_problem}"
         if not self._started:
             return False, "reading exchange rules and commission rates"
         if not self.filters:
@@ -287,15 +330,26 @@ class ApplyLayer(Service):
         if state.done:  # handled meanwhile (another replica, or a redelivery): never a second order
             self.ctx.client.delete(self.ctx.keys.in_flight(plan.plan_id))
             return Step()  # the stage step finds the done key and only acks
-        self.control, open_qty, marked = state.control, state.open_qty, state.marked
-        decision = decide_order(
+        self.control = state.control
+        coid = client_order_id(plan.plan_id)
+        # The redelivery rule (gateway module doc): an order an earlier attempt may have sent is
+        # looked up before expiry or the kill switch may refuse it. A failed lookup raises: the
+        # approval stays pending, nothing is refused or sent without knowing.
+        decide = partial(
+            decide_order,
             approval,
             control=self.control,
             now_ms=self.ctx.now_ms(),
-            open_qty=open_qty,
+            open_qty=state.open_qty,
             filters=self.symbol_filters(plan.symbol),
+            sent_before=maybe_sent(delivery.deliveries, state.marked),
         )
-        coid = client_order_id(plan.plan_id)
+        decision = decide()
+        if isinstance(decision, LookUp):
+            decision = decide(looked_up=True, found=self.exchange.get_order(plan.symbol, coid))
+        if isinstance(decision, Report):
+            self.count("recovered_after_restart")
+            return self._order_result(envelope, approval, coid, decision.order)
         if isinstance(decision, Refuse):
             if decision.reason.startswith("conditional_order_refused"):
                 try:  # the gateway's own refusal path: counted, and provably no request
@@ -304,13 +358,18 @@ class ApplyLayer(Service):
                     self.count("refused_conditional")
             self.count(f"refused_{decision.reason.split(':')[0]}")
             return self._result(envelope, approval, coid, decision.status, reason=decision.reason)
-        order = self._submit_once(approval, coid, decision.qty, decision.reduce_only, delivery, marked)
+        assert isinstance(decision, Send)
+        order = self._submit(approval, coid, decision.qty, decision.reduce_only)
         if isinstance(order, ExchangeError):
             self.count("rejected_by_exchange")
             return self._result(
                 envelope, approval, coid, ResultStatus.REJECTED, reason=order.message, error_code=order.code
             )
-        if not order.filled:
+        return self._order_result(envelope, approval, coid, order)
+
+    def _order_result(self, envelope: Envelope[Approval], approval: Approval, coid: str, order: OrderResult) -> Step:
+        """The result of an order the exchange has: FILLED with what it executed, else ERROR with its status."""
+        if not has_fill(order):
             self.count("not_filled")
             return self._result(
                 envelope, approval, coid, ResultStatus.ERROR, reason=f"order status {order.status}", order=order
@@ -319,22 +378,13 @@ class ApplyLayer(Service):
         self.count("filled")
         return self._result(envelope, approval, coid, ResultStatus.FILLED, order=order, fee=fee)
 
-    def _submit_once(
-        self, approval: Approval, coid: str, qty: Decimal, reduce_only: bool, delivery: Delivery, marked: bool
-    ) -> OrderResult | ExchangeError:
-        """The order for this plan: found at the exchange if it was sent before, else sent now.
+    def _submit(self, approval: Approval, coid: str, qty: Decimal, reduce_only: bool) -> OrderResult | ExchangeError:
+        """Send the order (the lookup of an earlier attempt's order came first, in the gateway's decision).
 
-        ``marked``: the in-flight marker was already set when this attempt set it (an earlier
-        attempt got that far). Raises on an unknown outcome (timeout, 5xx, connection) after a
-        lookup finds nothing: the approval stays pending and is retried, looking the order up first.
+        Raises on an unknown outcome (timeout, 5xx, connection) after a lookup finds nothing: the
+        approval stays pending and is retried, looking the order up first (its marker is set).
         """
         plan = approval.plan
-        maybe_sent = delivery.deliveries > 1 or marked
-        if maybe_sent:
-            found = self.exchange.get_order(plan.symbol, coid)
-            if found is not None:
-                self.count("recovered_after_restart")
-                return found
         if plan.leverage != self.leverage.get(plan.symbol) and not reduce_only:
             self.leverage[plan.symbol] = self.exchange.set_leverage(plan.symbol, plan.leverage)
         try:
@@ -362,7 +412,7 @@ class ApplyLayer(Service):
         fee: float = 0.0,
     ) -> Step:
         plan = approval.plan
-        filled = order is not None and order.filled
+        filled = order is not None and has_fill(order)
         result = ExecutionResult(
             symbol=plan.symbol,
             plan_id=plan.plan_id,
