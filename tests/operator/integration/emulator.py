@@ -20,6 +20,10 @@ operator need, served over real HTTP on a loopback port from a background thread
   write pods and heartbeats themselves when they need them.
 - **label selectors are ignored** by kmock (lists return everything): the operator filters by labels in code.
 - **no garbage collection**: deleting a policy leaves its children (tests use a fresh emulator each).
+- **CRD defaults checked as the API server checks them** (``tests/operator/crd_defaults.py``): a CRD created or
+  applied with a default that breaks its node's schema or CEL rules (checked without nested defaulting) is a 422
+  with the API server's messages — and the emulator refuses to start on such a CRD in ``crds/``, the defect that
+  made ``kubectl apply -f crds/`` fail on a real cluster while every emulator test passed.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from kmock._internal import apps, enums, k8s
 
 from quantum_trader_operator.models import RESOURCES
 from quantum_trader_operator.naming import GROUP, VERSION
+from tests.operator.crd_defaults import default_violations
 from tests.operator.integration.support import Cluster
 
 REPO = Path(__file__).resolve().parents[3]
@@ -78,9 +83,9 @@ class QtEmulator(kmock.KubernetesEmulator):
                 subresources={"status"},
             )
             text = (REPO / "crds" / crd.filename).read_text()
-            self._store_new(
-                kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, yaml.safe_load(text)
-            )
+            definition = yaml.safe_load(text)
+            refuse_invalid_crd(definition)
+            self._store_new(kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, definition)
         self._store_new(kmock.resource("", "v1", "namespaces"), None, {"metadata": {"name": "default"}})
 
     # ------------------------------------------------------------------ object bookkeeping
@@ -115,6 +120,8 @@ class QtEmulator(kmock.KubernetesEmulator):
         return resource in list(self.resources) and "status" in self.resources[resource].subresources
 
     async def _handle(self, request: kmock.Request) -> Any:
+        if _is_crd_write(request):
+            refuse_invalid_crd(request.data)
         if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
             return await super()._handle(request)  # reads, watches and deletes: kmock as it is
         delete_key = None
@@ -184,6 +191,39 @@ class QtEmulator(kmock.KubernetesEmulator):
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return key
         return None
+
+
+def _is_crd_write(request: kmock.Request) -> bool:
+    resource = request.resource
+    return (
+        resource is not None
+        and (resource.group, resource.plural) == ("apiextensions.k8s.io", "customresourcedefinitions")
+        and request.action in (enums.action.CREATE, enums.action.UPDATE)
+        and not request.subresource
+        and isinstance(request.data, Mapping)
+    )
+
+
+def refuse_invalid_crd(definition: Mapping[str, Any]) -> None:
+    """The API server's 422 for a CRD whose defaults break its own schema or CEL rules (nothing is stored)."""
+    problems = default_violations(definition)
+    if not problems:
+        return
+    name = (definition.get("metadata") or {}).get("name", "")
+    raise k8s.KubernetesError(
+        status=422,
+        reason="Invalid",
+        message=f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: [{", ".join(problems)}]',
+        details={
+            "name": name,
+            "group": "apiextensions.k8s.io",
+            "kind": "CustomResourceDefinition",
+            "causes": [
+                {"reason": "FieldValueInvalid", "field": field, "message": message}
+                for field, message in (problem.split(": ", 1) for problem in problems)
+            ],
+        },
+    )
 
 
 def _simulate_controllers(resource: kmock.resource, obj: dict[str, Any]) -> None:
