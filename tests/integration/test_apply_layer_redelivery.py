@@ -173,3 +173,41 @@ def test_apply_layer_waits_for_an_unreachable_exchange_and_sends_nothing_until_i
         assert len(orders) == 1
     finally:
         stack.stop()
+
+
+@pytest.mark.timeout(180)
+def test_the_reconciler_records_exchange_positions_it_does_not_know_and_halts_entries(
+    redis_url, r, instance, tmp_path, monkeypatch
+):
+    spec = {**policy(approvalTtlSeconds=2), "reconciler": {"intervalSeconds": 1},
+            "exchange": {"requestTimeoutSeconds": 3}}
+    with running_stack(spec, redis_url, instance, tmp_path, monkeypatch, only=[*EXECUTOR, "reconciler"]) as stack:
+        keys = stack.keys
+        for symbol in (SYMBOL, "S02USDT"):
+            send(r, keys, "market.tick", tick(symbol, 100.0, 500), id=f"{symbol}:500")
+        wait_for(lambda: len(sim_admin(stack, "/sim/state")["prices"]) == 2, 20, "the simulator's prices", stack)
+        # a lost result: the entry's lock is left behind (its approval dead-lettered), the fill is at the exchange
+        r.hset(keys.entry_locks, SYMBOL, "lost-result")
+        sim_admin(stack, "/sim/adjust-position", {"symbol": SYMBOL, "qty": "2", "entryPrice": "100"})
+        # and a position nobody here ever ordered, with nothing in flight
+        sim_admin(stack, "/sim/adjust-position", {"symbol": "S02USDT", "qty": "-3", "entryPrice": "100"})
+
+        def unexplained(symbol):
+            return [e for e in stream(r, stack, "reconcile.events") if e["symbol"] == symbol and not e["explained"]]
+
+        (plain,) = wait_for(lambda: unexplained("S02USDT")[:1], 30, "the unknown position found", stack)
+        assert plain["kind"] == "UNKNOWN_TO_INTERNAL" and plain["exchange_side"] == "SHORT"
+        wait_for(lambda: r.hget(keys.position("S02USDT"), "side") == "SHORT", 10, "it recorded", stack)
+        assert float(r.hget(keys.position("S02USDT"), "qty")) == pytest.approx(3)
+        assert r.hexists(keys.open_positions, "S02USDT") and "reconciler" in r.hgetall(keys.halts)
+        # the order in flight explains the other one for a while, never for good
+        assert any(e["explained"] for e in stream(r, stack, "reconcile.events") if e["symbol"] == SYMBOL)
+        (stuck,) = wait_for(lambda: unexplained(SYMBOL)[:1], 60, "the stuck in-flight position found", stack)
+        assert stuck["kind"] == "UNKNOWN_TO_INTERNAL"
+        wait_for(lambda: r.hget(keys.position(SYMBOL), "qty"), 10, "it recorded", stack)
+        assert float(r.hget(keys.position(SYMBOL), "qty")) == pytest.approx(2)
+        send(r, keys, "apply.plan", entry("S02USDT", "after-unknown", t=9_000), id="after-unknown")
+        decision = wait_for(
+            lambda: next((d for d in stream(r, stack, "governor.decision") if d["plan_id"] == "after-unknown"), None),
+            30, "the decision", stack)
+        assert not decision["approved"] and "killswitch_entries" in decision["reasons"]

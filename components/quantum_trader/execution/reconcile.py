@@ -3,8 +3,11 @@
 Matched means: the same side, quantity equal within ``qty_tolerance_steps`` step sizes, average
 entry within ``entry_tolerance`` (relative; 0.0001 = 0.01 %), and no position on either side that the
 other does not know. A difference on a symbol with an order in flight is *explained* (it may be
-that order landing) and is looked at again next time; any other difference is corrected to the
-exchange's numbers and halts entries.
+that order landing) and is looked at again next time — for at most ``explain_for_ms``: an order
+whose result never comes (its approval dead-lettered, its lock left behind) must not hide a position
+forever. Any other difference is corrected to the exchange's numbers and halts entries; in
+particular an exchange position with no internal record (``UNKNOWN_TO_INTERNAL``), such as a fill
+whose result was lost, is recorded.
 """
 
 from __future__ import annotations
@@ -77,8 +80,16 @@ def reconcile(
     in_flight: frozenset[str],
     qty_tolerance_steps: float = 1.0,
     entry_tolerance: float = 0.0001,
+    explained_since: Mapping[str, int] | None = None,
+    now_ms: int = 0,
+    explain_for_ms: int | None = None,
 ) -> list[Finding]:
-    """One finding per symbol either side knows, in symbol order."""
+    """One finding per symbol either side knows, in symbol order.
+
+    ``explained_since``: when each symbol's difference was first explained by an order in flight
+    (see :func:`explained_since_next`); past ``explain_for_ms`` it is no longer explained.
+    """
+    since = explained_since or {}
     findings = []
     for symbol in sorted(set(internal) | set(exchange)):
         mine = internal.get(symbol, Holding.flat())
@@ -92,10 +103,23 @@ def reconcile(
         )
         if kind is ReconcileKind.MATCHED and not mine.is_open and not theirs.is_open:
             continue
-        findings.append(
-            Finding(symbol, kind, mine, theirs, explained=kind is not ReconcileKind.MATCHED and symbol in in_flight)
-        )
+        explained = kind is not ReconcileKind.MATCHED and symbol in in_flight
+        if explained and explain_for_ms is not None:
+            explained = now_ms - since.get(symbol, now_ms) <= explain_for_ms
+        findings.append(Finding(symbol, kind, mine, theirs, explained=explained))
     return findings
+
+
+def explained_since_next(
+    findings: list[Finding], in_flight: frozenset[str], previous: Mapping[str, int], now_ms: int
+) -> dict[str, int]:
+    """The ``explained_since`` of the next run: a symbol keeps its first time while it still differs
+    with an order in flight; a match, a correction or no order in flight any more starts it afresh."""
+    return {
+        f.symbol: previous.get(f.symbol, now_ms)
+        for f in findings
+        if f.kind is not ReconcileKind.MATCHED and f.explained and f.symbol in in_flight
+    }
 
 
 def all_matched(findings: list[Finding]) -> bool:

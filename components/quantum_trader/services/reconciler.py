@@ -1,7 +1,10 @@
 """reconciler: on start and every interval, internal positions against the exchange (invariant 7).
 
 Unexplained drift is corrected to the exchange's numbers, reported on ``reconcile.events`` and
-halts entries automatically until a person releases them.
+halts entries automatically until a person releases them. An exchange position with no internal
+record is drift like any other: recorded, reported, entries halted. An order in flight explains a
+difference for at most ``explain_for_seconds`` (ten intervals, and never less than an approval's
+life plus two request timeouts): a result that never comes cannot hide a position.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from quantum_trader.bus.step import Step, StepRunner
 from quantum_trader.contracts.messages import PositionSide, PositionSnapshot, ReconcileEvent, ReconcileKind
 from quantum_trader.exchange.client import ExchangeClient
 from quantum_trader.exchange.errors import ExchangeError
-from quantum_trader.execution.reconcile import Finding, Holding, reconcile
+from quantum_trader.execution.reconcile import Finding, Holding, explained_since_next, reconcile
 from quantum_trader.runtime.service import ComponentContext, Service
 from quantum_trader.services.apply_layer import exchange_client
 
@@ -31,6 +34,13 @@ class Reconciler(Service):
         self.runs = 0
         self.last_findings: list[Finding] = []
         self.matched = False
+        self.explained_since: dict[str, int] = {}
+        """symbol -> when its difference was first explained by an order in flight (ms)"""
+        policy = ctx.policy
+        self.explain_for_seconds = max(
+            10 * self.spec.interval_seconds,
+            policy.risk.approval_ttl_seconds + 2 * policy.exchange.request_timeout_seconds,
+        )
 
     def idle(self) -> float:
         now = time.monotonic()
@@ -73,14 +83,20 @@ class Reconciler(Service):
                 step_sizes[symbol] = float(self.exchange.filters(symbol).order_step)
             except ExchangeError:
                 step_sizes[symbol] = 0.0
+        in_flight = self.in_flight()
+        now = self.ctx.now_ms()
         findings = reconcile(
             {s: h for s, (h, _) in internal.items()},
             exchange,
             step_sizes=step_sizes,
-            in_flight=self.in_flight(),
+            in_flight=in_flight,
             qty_tolerance_steps=self.spec.qty_tolerance_steps,
             entry_tolerance=self.spec.entry_tolerance,
+            explained_since=self.explained_since,
+            now_ms=now,
+            explain_for_ms=int(self.explain_for_seconds * 1000),
         )
+        self.explained_since = explained_since_next(findings, in_flight, self.explained_since, now)
         self.runs += 1
         self.counters["processed"] = self.runs
         self.counters["last_event_ms"] = self.ctx.now_ms()
