@@ -2,6 +2,10 @@
 
 Delivery is at-least-once; the stage step makes effects exactly-once. A message that fails
 validation, or fails ``max_deliveries`` times, goes to ``<stream>.dlq`` with its reason and is acked.
+No entry, whatever its bytes, makes the loop raise: one that did would stay pending and crash the
+component again on every restart. With an :class:`Admission` (the runtime passes the policy's), an
+entry about a symbol its stream does not admit goes to the DLQ too, before any handler keeps state
+for it (see ``contracts/admission.py`` for which symbols each stream admits, and why).
 
 Round trips per batch, not per message: the done keys of a whole XREADGROUP batch are checked with
 one pipelined EXISTS before any handler runs (a message already done is only acked, all of them in
@@ -32,7 +36,8 @@ import redis
 
 from quantum_trader.bus.codec import text
 from quantum_trader.bus.step import Step, StepOutcome, StepRunner
-from quantum_trader.contracts.envelope import Envelope, InvalidMessage, decode
+from quantum_trader.contracts.admission import Admission
+from quantum_trader.contracts.envelope import Envelope, dead_letter_record, decode
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.policy import StreamRetention
 from quantum_trader.contracts.registry import message_of
@@ -118,6 +123,7 @@ class StreamConsumer:
         *,
         batch: int = 100,
         observer: Observer | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -129,6 +135,7 @@ class StreamConsumer:
         self.stats = ConsumerStats()
         self.steps = StepRunner(client, keys, group, retention.max_len, retention.done_ttl_seconds)
         self._observer = observer
+        self.admission = admission
         self._stream_of_key = {keys.stream(s): s for s in handlers}
         self._backlog = True
         self._backlog_cursor = {keys.stream(s): "0" for s in handlers}
@@ -186,6 +193,7 @@ class StreamConsumer:
             envelope = self._validated(stream, entry_id, fields, deliveries)
             if envelope is not None:
                 pending.append(_Pending(envelope, Delivery(stream, entry_id, deliveries), started))
+        pending = self._admitted(stream, pending, {entry_id: fields for entry_id, fields, _ in batch})
         if not pending:
             return
         stream_key = self.keys.stream(stream)
@@ -241,9 +249,36 @@ class StreamConsumer:
             return None
         try:
             return decode(fields, message_of(stream))
-        except InvalidMessage as error:
-            self.dead_letter(stream, entry_id, fields, str(error), deliveries)
+        except Exception as error:  # decode says InvalidMessage for everything; anything else is input too
+            self.dead_letter(stream, entry_id, fields, str(error) or type(error).__name__, deliveries)
             return None
+
+    def _admitted(self, stream: str, pending: list[_Pending], fields_of: dict[str, dict]) -> list[_Pending]:
+        """The messages whose symbol the stream admits; the others go to the DLQ with the reason.
+
+        Open positions are looked up only for symbols outside the allowlist, all of a batch in one round trip.
+        """
+        admission = self.admission
+        if admission is None or not pending:
+            return pending
+        symbols = {p.envelope.symbol for p in pending}
+        doubtful = sorted(s for s in symbols if admission.needs_position_check(stream, s))
+        held: set[str] = set()
+        if doubtful:
+            with self.client.pipeline(transaction=False) as pipe:
+                for symbol in doubtful:
+                    pipe.hexists(self.keys.open_positions, symbol)
+                held = {symbol for symbol, found in zip(doubtful, pipe.execute(), strict=True) if found}
+        admitted = []
+        for item in pending:
+            symbol = item.envelope.symbol
+            reason = admission.refusal(stream, symbol, has_position=symbol in held)
+            if reason is None:
+                admitted.append(item)
+            else:
+                entry_id = item.delivery.entry_id
+                self.dead_letter(stream, entry_id, fields_of.get(entry_id, {}), reason, item.delivery.deliveries)
+        return admitted
 
     def _done_flags(self, message_ids: list[str]) -> list[bool]:
         """Which messages are already done: one pipelined EXISTS for the batch."""
@@ -305,8 +340,11 @@ class StreamConsumer:
         """Handle one entry on its own (reclaimed entries; tests), checking its done key first."""
         started = time.perf_counter()
         envelope = self._validated(stream, entry_id, fields, deliveries)
-        if envelope is not None:
-            self._run(_Pending(envelope, Delivery(stream, entry_id, deliveries), started), checked=False)
+        if envelope is None:
+            return
+        for item in self._admitted(stream, [_Pending(envelope, Delivery(stream, entry_id, deliveries), started)],
+                                   {entry_id: fields}):
+            self._run(item, checked=False)
 
     def _step(self, envelope: Envelope, delivery: Delivery, *, checked: bool = False) -> StepOutcome:
         handler = self.handlers[delivery.stream]
@@ -362,16 +400,15 @@ class StreamConsumer:
 
     def dead_letter(self, stream: str, entry_id: str, fields: dict, reason: str, deliveries: int) -> None:
         started = time.perf_counter()
-        record = {(text(k)): text(v) for k, v in fields.items()}
-        dlq_fields = {
-            "reason": reason,
-            "stream": stream,
-            "entry_id": entry_id,
-            "group": self.group,
-            "deliveries": str(deliveries),
-            "time": str(int(time.time() * 1000)),
-            **{f"orig.{k}": v for k, v in record.items()},
-        }
+        dlq_fields = dead_letter_record(
+            reason=reason,
+            stream=stream,
+            entry_id=entry_id,
+            group=self.group,
+            deliveries=deliveries,
+            fields=fields,
+            time_ms=int(time.time() * 1000),
+        )
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.dlq(stream), dlq_fields, maxlen=self.retention.max_len, approximate=True)
             pipe.xack(self.keys.stream(stream), self.group, entry_id)

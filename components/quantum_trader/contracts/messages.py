@@ -1,16 +1,64 @@
 """Pydantic models of every stream message (DESIGN §3).
 
-Each model names its wire ``MESSAGE_TYPE`` and ``SCHEMA_VERSION``; the envelope (``envelope.py``)
-uses them to encode and to refuse a message of the wrong type or a newer schema.
+Each model names its wire ``MESSAGE_TYPE`` and the ``SCHEMA_VERSIONS`` a consumer of this code can read;
+the envelope (``envelope.py``) uses them to encode and to refuse a message of the wrong type or of a
+schema version it does not know.
 Prices and quantities are floats in the exchange's units; times are epoch milliseconds.
+
+Every number is finite and bounded (the shared types below): ``Field(gt=0)`` alone admits ``inf``,
+and one ``Infinity`` price is enough to crash an exchange or poison a notional. The envelope also
+validates strictly, so ``true`` is not a number and ``"1"`` is not a price.
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+MAX_PRICE = 1e9
+"""far above any listed price (BTC ~1e5): a price beyond it is a unit error or an attack"""
+MAX_AMOUNT = 1e12
+"""quantities, notionals, fees and PnL in quote currency"""
+MAX_VALUE = 1e15
+"""feature values and other unit-free numbers"""
+MAX_EPOCH_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: a time beyond it is not a time"""
+
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_VALUE, le=MAX_VALUE)]
+Price = Annotated[float, Field(allow_inf_nan=False, gt=0, le=MAX_PRICE)]
+PriceOrZero = Annotated[float, Field(allow_inf_nan=False, ge=0, le=MAX_PRICE)]
+"""an average price of an order that did not fill, an entry of a flat position"""
+Quantity = Annotated[float, Field(allow_inf_nan=False, ge=0, le=MAX_AMOUNT)]
+"""a non-negative amount: quantity, notional, fee"""
+SignedAmount = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
+"""PnL, R multiples: either sign"""
+Fraction = Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]
+EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
+Leverage = Annotated[int, Field(ge=1, le=125)]
+ErrorCode = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+Counter = Annotated[int, Field(ge=0, le=2**53)]
+Volume = Annotated[float, Field(allow_inf_nan=False, ge=0, le=MAX_VALUE)]
+"""traded base-asset volume: meme coins trade more units than any quote amount"""
+
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9]{2,20}")
+"""ASCII only: fullwidth and Cyrillic look-alikes pass ``str.isalnum()`` and ``str.isupper()``"""
+
+
+def check_symbol(value: str) -> str:
+    if not SYMBOL_PATTERN.fullmatch(value):
+        raise ValueError(f"symbol must be 2-20 upper-case ASCII letters or digits like BTCUSDT, got {value!r}")
+    return value
+
+
+Symbol = Annotated[
+    str,
+    AfterValidator(check_symbol),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Z0-9]{2,20}$", "minLength": 2, "maxLength": 20}),
+]
+"""A trading symbol, the one type every message and the policy's allowlist use."""
 
 
 class Side(StrEnum):
@@ -65,39 +113,28 @@ class ResultStatus(StrEnum):
 class Message(BaseModel):
     """Base of every stream message: immutable, unknown fields refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     MESSAGE_TYPE: ClassVar[str] = ""
     SCHEMA_VERSION: ClassVar[int] = 1
-
-
-Symbol = str
-
-
-def _check_symbol(value: str) -> str:
-    if not value or not value.isalnum() or value.upper() != value:
-        raise ValueError(f"symbol must be upper-case alphanumeric like BTCUSDT, got {value!r}")
-    return value
+    """the version this code writes"""
+    SCHEMA_VERSIONS: ClassVar[frozenset[int]] = frozenset({1})
+    """the versions this code reads: an unknown one, older or newer, is refused, never guessed at"""
 
 
 class _HasSymbol(Message):
     symbol: Symbol
 
-    @field_validator("symbol")
-    @classmethod
-    def _symbol_format(cls, value: str) -> str:
-        return _check_symbol(value)
-
 
 class Tick(_HasSymbol):
     MESSAGE_TYPE: ClassVar[str] = "Tick"
-    price: float = Field(gt=0)
-    bid: float = Field(gt=0)
-    ask: float = Field(gt=0)
-    volume: float = Field(ge=0)
-    event_time: int = Field(description="exchange event time, epoch ms")
-    high: float | None = Field(default=None, gt=0, description="bar high when the tick comes from a kline")
-    low: float | None = Field(default=None, gt=0, description="bar low when the tick comes from a kline")
+    price: Price
+    bid: Price
+    ask: Price
+    volume: Volume
+    event_time: EpochMs = Field(description="exchange event time, epoch ms")
+    high: Price | None = Field(default=None, description="bar high when the tick comes from a kline")
+    low: Price | None = Field(default=None, description="bar low when the tick comes from a kline")
     source: str = Field(description="replay:<file> | synthetic:<seed> | live")
 
     @model_validator(mode="after")
@@ -109,11 +146,11 @@ class Tick(_HasSymbol):
 
 class FeatureVector(_HasSymbol):
     MESSAGE_TYPE: ClassVar[str] = "FeatureVector"
-    time: int
+    time: EpochMs
     feature_set: str = Field(description="name and version of the feature set, e.g. 'core-v1'")
     names: tuple[str, ...]
-    values: tuple[float, ...]
-    price: float = Field(gt=0, description="close price the features were computed at")
+    values: tuple[Finite, ...]
+    price: Price = Field(description="close price the features were computed at")
 
     @model_validator(mode="after")
     def _same_length(self) -> FeatureVector:
@@ -128,14 +165,14 @@ class FeatureVector(_HasSymbol):
 class TradeIntent(_HasSymbol):
     MESSAGE_TYPE: ClassVar[str] = "TradeIntent"
     intent_id: str
-    time: int
+    time: EpochMs
     side: Side
-    confidence: float = Field(ge=0, le=1)
-    entry_price: float = Field(gt=0)
-    stop_loss: float = Field(gt=0)
-    take_profit: float = Field(gt=0)
-    leverage: int = Field(ge=1, le=125)
-    notional: float = Field(gt=0, description="intended position size in quote currency (USDT)")
+    confidence: Fraction
+    entry_price: Price
+    stop_loss: Price
+    take_profit: Price
+    leverage: Leverage
+    notional: Quantity = Field(gt=0, description="intended position size in quote currency (USDT)")
     strategy: str
     model_digest: str
 
@@ -154,16 +191,16 @@ class Plan(_HasSymbol):
     kind: PlanKind
     side: Side
     order_type: OrderType = OrderType.MARKET
-    qty: float | None = Field(default=None, gt=0)
-    notional: float | None = Field(default=None, gt=0)
+    qty: Quantity | None = Field(default=None, gt=0)
+    notional: Quantity | None = Field(default=None, gt=0)
     reduce_only: bool = False
     reason_codes: tuple[str, ...] = ()
     source: str = Field(description="component that made the plan")
-    time: int = Field(description="market time the plan was made at (ms); rate limits count in it")
-    price: float = Field(gt=0, description="reference price the plan was sized at")
-    stop_loss: float | None = Field(default=None, gt=0)
-    take_profit: float | None = Field(default=None, gt=0)
-    leverage: int = Field(default=1, ge=1, le=125)
+    time: EpochMs = Field(description="market time the plan was made at (ms); rate limits count in it")
+    price: Price = Field(description="reference price the plan was sized at")
+    stop_loss: Price | None = None
+    take_profit: Price | None = None
+    leverage: Leverage = 1
     corr: str = ""
 
     @model_validator(mode="after")
@@ -188,7 +225,7 @@ class Reservation(Message):
     """What an approval holds until position-state commits or releases it."""
 
     slot: bool = Field(description="an open-position slot (entries)")
-    notional: float = Field(ge=0, description="notional reserved against the total limit (entries)")
+    notional: Quantity = Field(description="notional reserved against the total limit (entries)")
     exit_lock: bool = Field(description="the symbol's one exit in flight (exits)")
 
 
@@ -197,8 +234,8 @@ class Approval(Message):
     approval_id: str
     plan: Plan
     reservation: Reservation
-    approved_at: int = Field(description="wall time of approval, ms")
-    expires_at: int = Field(description="wall time after which apply-layer must reject, ms")
+    approved_at: EpochMs = Field(description="wall time of approval, ms")
+    expires_at: EpochMs = Field(description="wall time after which apply-layer must reject, ms")
 
 
 class ExecutionResult(_HasSymbol):
@@ -210,17 +247,17 @@ class ExecutionResult(_HasSymbol):
     kind: PlanKind
     side: Side
     reduce_only: bool
-    filled_qty: float = Field(ge=0)
-    avg_price: float = Field(ge=0)
-    fee: float = Field(ge=0)
-    error_code: int | None = None
+    filled_qty: Quantity
+    avg_price: PriceOrZero
+    fee: Quantity
+    error_code: ErrorCode | None = None
     reason: str = ""
     reservation: Reservation
-    time: int = Field(description="market time of the plan (ms)")
-    exchange_time: int = Field(default=0, description="exchange update time of the order (ms)")
-    stop_loss: float | None = None
-    take_profit: float | None = None
-    leverage: int = 1
+    time: EpochMs = Field(description="market time of the plan (ms)")
+    exchange_time: EpochMs = Field(default=0, description="exchange update time of the order (ms)")
+    stop_loss: PriceOrZero | None = None
+    take_profit: PriceOrZero | None = None
+    leverage: Leverage = 1
     source: str = ""
     reason_codes: tuple[str, ...] = ()
 
@@ -228,31 +265,31 @@ class ExecutionResult(_HasSymbol):
 class PositionSnapshot(_HasSymbol):
     MESSAGE_TYPE: ClassVar[str] = "PositionSnapshot"
     side: PositionSide
-    qty: float = Field(ge=0)
-    entry_price: float = Field(ge=0)
-    mark_price: float = Field(ge=0)
-    unrealized_pnl: float
-    stop_loss: float | None = None
-    take_profit: float | None = None
-    opened_at: int = 0
-    time: int
+    qty: Quantity
+    entry_price: PriceOrZero
+    mark_price: PriceOrZero
+    unrealized_pnl: SignedAmount
+    stop_loss: PriceOrZero | None = None
+    take_profit: PriceOrZero | None = None
+    opened_at: EpochMs = 0
+    time: EpochMs
     source: str = Field(description="position-state | reconciler")
-    version: int = Field(default=0, description="position-state's change counter for this symbol")
+    version: Counter = Field(default=0, description="position-state's change counter for this symbol")
 
 
 class TradeClosed(_HasSymbol):
     MESSAGE_TYPE: ClassVar[str] = "TradeClosed"
     trade_id: str
     side: PositionSide
-    qty: float = Field(gt=0)
-    entry_price: float = Field(gt=0)
-    exit_price: float = Field(gt=0)
-    realized_pnl: float = Field(description="gross of fees, quote currency")
-    fees: float = Field(ge=0, description="entry and exit fees for the closed quantity")
+    qty: Quantity = Field(gt=0)
+    entry_price: Price
+    exit_price: Price
+    realized_pnl: SignedAmount = Field(description="gross of fees, quote currency")
+    fees: Quantity = Field(description="entry and exit fees for the closed quantity")
     exit_reason: str
     exit_controller: str
-    opened_at: int
-    closed_at: int
+    opened_at: EpochMs
+    closed_at: EpochMs
 
     @property
     def net_pnl(self) -> float:
@@ -268,22 +305,22 @@ class HarvestAction(StrEnum):
 class HarvestProposal(_HasSymbol):
     MESSAGE_TYPE: ClassVar[str] = "HarvestProposal"
     proposal_id: str
-    time: int
+    time: EpochMs
     action: HarvestAction
-    fraction: float = Field(gt=0, le=1)
-    r_multiple: float
-    kill_score: float = Field(ge=0, le=1)
-    price: float = Field(gt=0)
+    fraction: Fraction = Field(gt=0)
+    r_multiple: SignedAmount
+    kill_score: Fraction
+    price: Price
     reasons: tuple[str, ...] = ()
 
 
 class ExitShadow(_HasSymbol):
     MESSAGE_TYPE: ClassVar[str] = "ExitShadow"
-    time: int
+    time: EpochMs
     action: str
     reason: str
-    qty: float = Field(ge=0)
-    price: float = Field(gt=0)
+    qty: Quantity
+    price: Price
 
 
 class GovernorDecision(_HasSymbol):
@@ -294,7 +331,7 @@ class GovernorDecision(_HasSymbol):
     approved: bool
     approval_id: str = ""
     reasons: tuple[str, ...] = ()
-    time: int = Field(description="wall time of the decision, ms")
+    time: EpochMs = Field(description="wall time of the decision, ms")
 
 
 class ReconcileKind(StrEnum):
@@ -311,13 +348,13 @@ class ReconcileEvent(_HasSymbol):
     kind: ReconcileKind
     explained: bool
     internal_side: PositionSide
-    internal_qty: float
-    internal_entry: float
+    internal_qty: SignedAmount
+    internal_entry: PriceOrZero
     exchange_side: PositionSide
-    exchange_qty: float
-    exchange_entry: float
+    exchange_qty: SignedAmount
+    exchange_entry: PriceOrZero
     action: str
-    time: int
+    time: EpochMs
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = (

@@ -2,10 +2,15 @@
 
 Field names on the wire are camelCase (Kubernetes convention); Python attributes are snake_case.
 The operator generates its CRD schema from these models, so there is never a second copy.
+
+Every number is finite (``.inf`` and ``.nan`` are floats to YAML) and bounded: a limit of ``.inf``
+is no limit, and an approval TTL of ``.inf`` never expires. :func:`parse_policy` validates strictly
+(``true`` is not a number, ``"5"`` is not an integer), the way the CRD's schema does.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -15,13 +20,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from quantum_trader.contracts.messages import Symbol
 from quantum_trader.contracts.registry import COMPONENTS
 
 IMAGE_DIGEST = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
 
 class Spec(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
 
 class Mode(StrEnum):
@@ -49,12 +57,20 @@ class RedisSpec(Spec):
 
 class RiskLimits(Spec):
     max_open_positions: int = Field(default=10, ge=1, le=100_000, description="open positions + reservations")
-    max_notional_per_trade: float = Field(default=1000.0, gt=0, description="USDT per entry")
-    max_total_notional: float = Field(default=10000.0, gt=0, description="USDT over open positions")
-    max_entries_per_hour: int = Field(default=6, ge=1, description="approved entries per symbol per hour")
-    max_entries_per_five_minutes: int = Field(default=2, ge=1, description="approved entries per symbol per 5 minutes")
-    cooldown_seconds: int = Field(default=300, ge=0, description="no entry on a symbol this long after a close")
-    approval_ttl_seconds: float = Field(default=30.0, gt=0, description="an approval expires this long after")
+    max_notional_per_trade: float = Field(default=1000.0, gt=0, le=1e9, description="USDT per entry")
+    max_total_notional: float = Field(default=10000.0, gt=0, le=1e10, description="USDT over open positions")
+    max_entries_per_hour: int = Field(
+        default=6, ge=1, le=100_000, description="approved entries per symbol per hour"
+    )
+    max_entries_per_five_minutes: int = Field(
+        default=2, ge=1, le=100_000, description="approved entries per symbol per 5 minutes"
+    )
+    cooldown_seconds: int = Field(
+        default=300, ge=0, le=30 * 86400, description="no entry on a symbol this long after a close"
+    )
+    approval_ttl_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="an approval expires this long after"
+    )
     max_leverage: int = Field(default=5, ge=1, le=125, description="leverage cap for entries")
     long_only: bool = Field(default=False, description="SELL intents never open a short: a flat-sell is skipped")
     max_portfolio_heat: float = Field(
@@ -82,10 +98,14 @@ class ComponentSettings(Spec):
 
 
 class StreamRetention(Spec):
-    max_len: int = Field(default=100_000, ge=100, description="XADD MAXLEN ~ for every stream")
-    max_deliveries: int = Field(default=5, ge=1, description="deliveries before a message goes to the DLQ")
-    claim_idle_ms: int = Field(default=30_000, ge=100, description="pending this long is reclaimed")
-    done_ttl_seconds: int = Field(default=7 * 86400, ge=60, description="life of idempotency keys")
+    max_len: int = Field(default=100_000, ge=100, le=100_000_000, description="XADD MAXLEN ~ for every stream")
+    max_deliveries: int = Field(
+        default=5, ge=1, le=1000, description="deliveries before a message goes to the DLQ"
+    )
+    claim_idle_ms: int = Field(default=30_000, ge=100, le=86_400_000, description="pending this long is reclaimed")
+    done_ttl_seconds: int = Field(
+        default=7 * 86400, ge=60, le=366 * 86400, description="life of idempotency keys"
+    )
 
 
 class MarketDataSource(StrEnum):
@@ -98,14 +118,22 @@ class MarketDataSpec(Spec):
     source: MarketDataSource = Field(default=MarketDataSource.REPLAY, description="replay | synthetic | live")
     files: list[str] = Field(default_factory=list, description="kline CSV files to replay (path or glob)")
     speed: float = Field(
-        default=0.0, ge=0, description="replay speed: 1 real time, N times faster, 0 as fast as possible"
+        default=0.0, ge=0, le=1_000_000, description="replay speed: 1 real time, N times faster, 0 as fast as possible"
     )
-    bar_interval_ms: int = Field(default=0, ge=0, description="pacing interval when speed > 0 (0: from files)")
-    seed: int = Field(default=7, description="seed of the synthetic generator")
-    synthetic_bars: int = Field(default=2000, ge=1, description="bars per symbol of the synthetic generator")
-    start_price: float = Field(default=100.0, gt=0, description="first price of the synthetic generator")
-    max_bars: int = Field(default=0, ge=0, description="stop after this many bars per symbol (0: all)")
-    skip_bars: int = Field(default=0, ge=0, description="skip this many bars at the start of each file")
+    bar_interval_ms: int = Field(
+        default=0, ge=0, le=86_400_000, description="pacing interval when speed > 0 (0: from files)"
+    )
+    seed: int = Field(default=7, ge=0, le=2**32 - 1, description="seed of the synthetic generator")
+    synthetic_bars: int = Field(
+        default=2000, ge=1, le=10_000_000, description="bars per symbol of the synthetic generator"
+    )
+    start_price: float = Field(default=100.0, gt=0, le=1e6, description="first price of the synthetic generator")
+    max_bars: int = Field(
+        default=0, ge=0, le=1_000_000_000, description="stop after this many bars per symbol (0: all)"
+    )
+    skip_bars: int = Field(
+        default=0, ge=0, le=1_000_000_000, description="skip this many bars at the start of each file"
+    )
     lockstep: bool = Field(
         default=False,
         description="publish the next tick only when every stream is drained: a replay fully deterministic",
@@ -113,12 +141,12 @@ class MarketDataSpec(Spec):
 
 
 class StrategySpec(Spec):
-    fast: int = Field(default=12, ge=2, description="fast EMA length (bars)")
-    slow: int = Field(default=48, ge=3, description="slow EMA length (bars)")
-    atr: int = Field(default=14, ge=2, description="ATR length (bars)")
-    stop_atr: float = Field(default=2.0, gt=0, description="stop-loss distance in ATRs")
-    take_profit_atr: float = Field(default=3.0, gt=0, description="take-profit distance in ATRs")
-    notional: float = Field(default=500.0, gt=0, description="USDT per intent")
+    fast: int = Field(default=12, ge=2, le=10_000, description="fast EMA length (bars)")
+    slow: int = Field(default=48, ge=3, le=10_000, description="slow EMA length (bars)")
+    atr: int = Field(default=14, ge=2, le=10_000, description="ATR length (bars)")
+    stop_atr: float = Field(default=2.0, gt=0, le=100, description="stop-loss distance in ATRs")
+    take_profit_atr: float = Field(default=3.0, gt=0, le=100, description="take-profit distance in ATRs")
+    notional: float = Field(default=500.0, gt=0, le=1e9, description="USDT per intent")
     leverage: int = Field(default=2, ge=1, le=125, description="leverage per intent")
     min_confidence: float = Field(default=0.0, ge=0, le=1, description="intents below are not sent")
 
@@ -130,21 +158,21 @@ class StrategySpec(Spec):
 
 
 class FaultSpec(Spec):
-    latency_ms: float = Field(default=0.0, ge=0, description="added to every request")
+    latency_ms: float = Field(default=0.0, ge=0, le=60_000, description="added to every request")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="share of order requests answered 5xx")
     rate_limit_rate: float = Field(default=0.0, ge=0, le=1, description="share answered 429")
     timeout_rate: float = Field(
         default=0.0, ge=0, le=1, description="share of orders accepted, then the answer withheld"
     )
-    timeout_seconds: float = Field(default=15.0, ge=0, description="how long a withheld answer hangs")
+    timeout_seconds: float = Field(default=15.0, ge=0, le=600, description="how long a withheld answer hangs")
 
 
 class SimulatorSpec(Spec):
     port: int = Field(default=0, ge=0, le=65535, description="listen port (0: any free port, local mode)")
     taker_fee: float = Field(default=0.0004, ge=0, le=0.01, description="fee rate on notional")
     slippage_bps: float = Field(default=1.0, ge=0, le=1000, description="price moved against the taker")
-    starting_balance: float = Field(default=10_000.0, gt=0, description="USDT wallet balance")
-    seed: int = Field(default=11, description="seed of fault injection")
+    starting_balance: float = Field(default=10_000.0, gt=0, le=1e10, description="USDT wallet balance")
+    seed: int = Field(default=11, ge=0, le=2**32 - 1, description="seed of fault injection")
     faults: FaultSpec = Field(default_factory=FaultSpec, description="fault injection for tests")
 
 
@@ -154,17 +182,23 @@ class ExchangeSpec(Spec):
 
 
 class ReconcilerSpec(Spec):
-    interval_seconds: float = Field(default=30.0, gt=0, description="time between reconciliations")
-    qty_tolerance_steps: float = Field(default=1.0, ge=0, description="allowed qty difference in step sizes")
-    entry_tolerance: float = Field(default=0.0001, ge=0, description="allowed relative entry price difference")
+    interval_seconds: float = Field(default=30.0, gt=0, le=86400, description="time between reconciliations")
+    qty_tolerance_steps: float = Field(
+        default=1.0, ge=0, le=1_000_000, description="allowed qty difference in step sizes"
+    )
+    entry_tolerance: float = Field(
+        default=0.0001, ge=0, le=1, description="allowed relative entry price difference"
+    )
 
 
 class ExitSpec(Spec):
     mode: Literal["SHADOW", "LIVE"] = Field(default="SHADOW", description="advanced exit logic mode")
     rollout_percent: int = Field(default=0, ge=0, le=100, description="share of symbols live")
-    pinned_live: list[str] = Field(default_factory=list, description="always live")
-    pinned_shadow: list[str] = Field(default_factory=list, description="never live")
-    max_hold_minutes: int = Field(default=0, ge=0, description="advanced: close after this long (0: off)")
+    pinned_live: list[Symbol] = Field(default_factory=list, description="always live")
+    pinned_shadow: list[Symbol] = Field(default_factory=list, description="never live")
+    max_hold_minutes: int = Field(
+        default=0, ge=0, le=525_600, description="advanced: close after this long (0: off)"
+    )
 
 
 class PolicySpec(Spec):
@@ -179,8 +213,8 @@ class PolicySpec(Spec):
         default=None, description="Secret with the exchange API key and secret (testnet, live)"
     )
     redis: RedisSpec = Field(default_factory=RedisSpec, description="where the instance's Redis is")
-    symbols: list[str] = Field(
-        default_factory=lambda: ["BTCUSDT"], min_length=1, description="allowlist of tradable symbols"
+    symbols: list[Symbol] = Field(
+        default_factory=lambda: ["BTCUSDT"], min_length=1, max_length=1000, description="allowlist of tradable symbols"
     )
     risk: RiskLimits = Field(default_factory=RiskLimits, description="governor limits")
     model: ModelRef = Field(default_factory=ModelRef, description="model artifact in the image")
@@ -198,9 +232,6 @@ class PolicySpec(Spec):
     @field_validator("symbols")
     @classmethod
     def _symbols(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not value.isalnum() or value.upper() != value:
-                raise ValueError(f"symbol {value!r} must be upper-case alphanumeric like BTCUSDT")
         if len(set(values)) != len(values):
             raise ValueError("symbols must not repeat")
         return values
@@ -257,8 +288,20 @@ def parse_policy(document: Any) -> PolicySpec:
         raise PolicyError("the policy must be a mapping")
     if document.get("kind") == "TradingPolicy":
         document = document.get("spec") or {}
+    return _validated_strictly(document)
+
+
+def _validated_strictly(document: dict) -> PolicySpec:
+    """The spec validated as JSON in strict mode: numbers must be numbers, as in the CRD's schema.
+
+    Python-mode strictness would refuse ``"paper"`` for the mode enum; JSON-mode takes enum values.
+    """
     try:
-        return PolicySpec.model_validate(document)
+        payload = json.dumps(document)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise PolicyError(f"the policy holds a value that is not plain data: {error}") from None
+    try:
+        return PolicySpec.model_validate_json(payload, strict=True)
     except ValidationError as error:
         raise PolicyError(describe_validation_error(error)) from None
 

@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 from quantum_trader.bus.consumer import StreamConsumer
 from quantum_trader.bus.control import ack_generation, read_control
 from quantum_trader.bus.heartbeat import HeartbeatRecord, write_heartbeat
+from quantum_trader.contracts.admission import Admission
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.runtime import metrics
 from quantum_trader.runtime.health import HealthServer
@@ -57,6 +58,7 @@ class ComponentRunner:
                 handlers=handlers,
                 retention=ctx.policy.streams,
                 observer=metrics.observer(ctx.name),
+                admission=Admission.for_component(ctx.name, list(handlers), ctx.policy.symbols),
             )
             if handlers
             else None

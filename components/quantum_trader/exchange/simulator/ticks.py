@@ -3,29 +3,31 @@
 Why the simulator reads ticks itself: in paper mode the exchange must fill at the same prices the
 rest of the system sees, and a restart must not lose them — it reads through its own consumer
 group, first re-applying its own pending entries, and acks each tick only after applying it.
-An entry that is not a valid Tick goes to ``<stream>.dlq`` (fields ``reason`` and ``original``)
-and is acked: bad input never stops the exchange.
+An entry that is not a valid Tick, or is about a symbol the simulator does not trade (the policy's
+allowlist), goes to ``<stream>.dlq`` with its reason — the same record every consumer writes
+(``contracts.envelope.dead_letter_record``) — and is acked: bad input never stops the exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from quantum_trader.contracts.envelope import InvalidMessage, decode
+from quantum_trader.contracts.envelope import dead_letter_record, decode
 from quantum_trader.contracts.messages import Tick
 from quantum_trader.contracts.registry import DLQ_SUFFIX
 
 log = logging.getLogger(__name__)
 
 TICK_GROUP = "exchange-sim"
+TICK_STREAM = "market.tick"
 
 
 async def ensure_group(client: aioredis.Redis, stream_key: str, group: str, start_id: str = "0") -> None:
@@ -50,28 +52,35 @@ async def _apply(
     on_tick: Callable[[Tick], Any],
     dlq_maxlen: int,
 ) -> bool:
-    """Apply one entry; True when it was a valid tick."""
+    """Apply one entry; True when it was a valid tick of a traded symbol."""
     if not fields:  # a pending entry trimmed away meanwhile: nothing to apply
         await client.xack(stream_key, group, entry_id)
         return False
     try:
         envelope = decode(fields, Tick)
-    except InvalidMessage as error:
-        original = json.dumps({_text(k): _text(v) for k, v in fields.items()}, sort_keys=True)
-        log.warning("tick %s on %s is invalid, sent to the DLQ: %s", _text(entry_id), stream_key, error)
-        await client.xadd(
-            stream_key + DLQ_SUFFIX,
-            {"reason": str(error), "original": original},
-            maxlen=dlq_maxlen,
-            approximate=True,
+        result = on_tick(envelope.message)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is False:
+            reason = f"symbol {envelope.message.symbol!r} is not traded by this simulator (not in the allowlist)"
+        else:
+            reason = ""
+    except Exception as error:  # the price of any tick that passes validation is applied; anything else is input
+        reason = str(error) or type(error).__name__
+    if reason:
+        log.warning("tick %s on %s sent to the DLQ: %s", _text(entry_id), stream_key, reason)
+        record = dead_letter_record(
+            reason=reason,
+            stream=TICK_STREAM,
+            entry_id=_text(entry_id),
+            group=group,
+            deliveries=1,
+            fields=fields,
+            time_ms=int(time.time() * 1000),
         )
-        await client.xack(stream_key, group, entry_id)
-        return False
-    result = on_tick(envelope.message)
-    if inspect.isawaitable(result):
-        await result
+        await client.xadd(stream_key + DLQ_SUFFIX, record, maxlen=dlq_maxlen, approximate=True)
     await client.xack(stream_key, group, entry_id)
-    return True
+    return not reason
 
 
 async def follow_ticks(
