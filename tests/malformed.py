@@ -39,6 +39,7 @@ from quantum_trader.contracts.messages import (
     TradeIntent,
 )
 from quantum_trader.contracts.registry import COMPONENTS, message_of
+from quantum_trader.ml.features import FEATURE_NAMES, FEATURE_SET
 
 ALLOWED = "BTCUSDT"
 OUTSIDE = ("ZZZUSDT", "DOGEUSDT", "XYZ1", "AB")
@@ -57,8 +58,9 @@ def valid_message(stream: str, symbol: str = ALLOWED) -> Message:
     samples: dict[str, Callable[[], Message]] = {
         "market.tick": lambda: Tick(symbol=symbol, price=100.0, bid=99.9, ask=100.1, volume=5.0, event_time=T,
                                     source="synthetic:fuzz"),
-        "features": lambda: FeatureVector(symbol=symbol, time=T, feature_set="core-v1", names=("ema_fast",),
-                                          values=(1.0,), price=100.0),
+        # the real feature set, flat (no EMA gap): the baseline strategy reads it and makes no intent
+        "features": lambda: FeatureVector(symbol=symbol, time=T, feature_set=FEATURE_SET, names=FEATURE_NAMES,
+                                          values=(0.0,) * len(FEATURE_NAMES), price=100.0),
         "trade.intent": lambda: TradeIntent(symbol=symbol, intent_id="fz-intent", time=T, side=Side.BUY,
                                             confidence=0.1, entry_price=100.0, stop_loss=90.0, take_profit=120.0,
                                             leverage=1, notional=50.0, strategy="fuzz", model_digest="fuzz"),
