@@ -3,6 +3,7 @@ never a traceback. Each case runs the installed `qt` entry point as a user would
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,107 @@ def test_a_bad_policy_file_is_one_line(tmp_path, command, case):
     result = qt(command, "-f", str(policy), state_dir=tmp_path / "state")
     assert_one_line_error(result, reason)
     assert not (tmp_path / "state" / "run.json").exists(), "nothing may start on a bad policy"
+
+
+def kline_file(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("1704067200000,1,1,1,1,1,1704070799999,0,0,0,0,0\n")
+    return path
+
+
+def running_stack_file(state: Path, redis_url: str) -> None:
+    """A run file as `qt run` leaves it, pointing at a Redis that does not answer."""
+    state.mkdir(parents=True, exist_ok=True)
+    info = {"pid": 1, "redis_url": redis_url, "instance": "local", "components": None, "starting_equity": 1}
+    (state / "run.json").write_text(json.dumps(info))
+
+
+# (command line, fragments the one error line must hold); {tmp} is the test's folder
+FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
+    # qt run
+    ("run -f missing", ["run", "-f", "{tmp}/missing.yaml"], ("cannot read policy", "missing.yaml")),
+    ("run -f directory", ["run", "-f", "{tmp}"], ("'-f' / '--file'", "is a directory")),
+    ("run --redis-url word", ["run", "--redis-url", "notaurl"], ("'--redis-url'", "is not a Redis URL")),
+    ("run --redis-url http", ["run", "--redis-url", "http://127.0.0.1:6379"], ("'--redis-url'", "not a Redis URL")),
+    ("run --redis-url port", ["run", "--redis-url", "redis://127.0.0.1:99999/0"], ("'--redis-url'",)),
+    ("run --redis-url down", ["run", "--redis-url", "redis://127.0.0.1:1/0"], ("--redis-url", "cannot reach Redis")),
+    ("run --redis", ["run", "--redis", "memcached"], ("'--redis'", "memcached")),
+    ("run --duration -5", ["run", "--duration", "-5"], ("'--duration'", "x>0")),
+    ("run --duration 0", ["run", "--duration", "0"], ("'--duration'", "x>0")),
+    ("run --duration word", ["run", "--duration", "soon"], ("'--duration'", "soon")),
+    ("run --speed 0", ["run", "--speed", "0"], ("'--speed'", "positive")),
+    ("run --speed -2", ["run", "--speed", "-2"], ("'--speed'", "positive")),
+    ("run --speed inf", ["run", "--speed", "inf"], ("'--speed'", "positive")),
+    ("run --speed nan", ["run", "--speed", "nan"], ("'--speed'", "positive")),
+    ("run --speed word", ["run", "--speed", "fast"], ("'--speed'", "neither a number nor 'max'")),
+    ("run --data missing", ["run", "--data", "{tmp}/nothing-*.csv"], ("--data", "no kline file matches")),
+    ("run --data name", ["run", "--data", "{tmp}/klines/prices.csv"], ("--data", "prices.csv")),
+    ("run --data twice", ["run", "--data", "{tmp}/klines/BTCUSDT-1*.csv"], ("--data", "two files for BTCUSDT")),
+    ("run --data symbol", ["run", "--data", "{tmp}/klines/btc-1h-2024-01.csv"], ("--data",)),
+    ("run unknown flag", ["run", "--fast"], ("No such option", "--fast")),
+    # qt status
+    ("status no stack", ["status"], ("no running stack found",)),
+    ("status --redis-url", ["status", "--redis-url", "localhost:6379"], ("'--redis-url'", "not a Redis URL")),
+    ("status --redis-url down", ["status", "--redis-url", "redis://127.0.0.1:1/0"], ("cannot reach Redis",)),
+    ("status stack down", ["status"], ("cannot reach Redis",)),
+    ("status --instance", ["status", "--redis-url", "redis://127.0.0.1:1/0", "--instance", "Bad Name"],
+     ("'--instance'", "instance id")),
+    # qt killswitch
+    ("killswitch engage --scope", ["killswitch", "engage", "--scope", "everything"], ("'--scope'", "everything")),
+    ("killswitch engage --reason", ["killswitch", "engage", "--reason", " "], ("--reason", "must not be empty")),
+    ("killswitch engage no stack", ["killswitch", "engage"], ("no running stack found",)),
+    ("killswitch engage --redis-url", ["killswitch", "engage", "--redis-url", "x"], ("'--redis-url'",)),
+    ("killswitch engage --instance", ["killswitch", "engage", "--instance", "A B"], ("'--instance'",)),
+    ("killswitch release --redis-url", ["killswitch", "release", "--redis-url", "x"], ("'--redis-url'",)),
+    ("killswitch release --instance", ["killswitch", "release", "--instance", "_"], ("'--instance'",)),
+    ("killswitch release down", ["killswitch", "release", "--redis-url", "redis://127.0.0.1:1/0"],
+     ("cannot reach Redis",)),
+    ("killswitch status --redis-url", ["killswitch", "status", "--redis-url", "x"], ("'--redis-url'",)),
+    ("killswitch status --instance", ["killswitch", "status", "--instance", "-x"], ("'--instance'",)),
+    ("killswitch status down", ["killswitch", "status", "--redis-url", "redis://127.0.0.1:1/0"],
+     ("cannot reach Redis",)),
+    ("killswitch unknown", ["killswitch", "pause"], ("No such command", "pause")),
+    # qt component
+    ("component unknown", ["component", "execution-result-reader"], ("'NAME'", "is not a component", "governor")),
+    ("component missing", ["component"], ("Missing argument 'NAME'",)),
+    # qt data
+    ("data sample --dir", ["data", "sample", "--dir", "{tmp}/klines/BTCUSDT-1h-2024-01.csv"], ("'--dir'", "is a file")),
+    ("data download symbol", ["data", "download", "btc-usdt", "--start", "2024-01", "--end", "2024-02"],
+     ("'SYMBOL'", "btc-usdt")),
+    ("data download --interval", ["data", "download", "BTCUSDT", "--interval", "7m", "--start", "2024-01",
+                                  "--end", "2024-02"], ("'--interval'", "7m")),
+    ("data download --start", ["data", "download", "BTCUSDT", "--start", "2024-13", "--end", "2024-02"],
+     ("'--start'", "YYYY-MM")),
+    ("data download --end", ["data", "download", "BTCUSDT", "--start", "2024-01", "--end", "24-02"],
+     ("'--end'", "YYYY-MM")),
+    ("data download order", ["data", "download", "BTCUSDT", "--start", "2024-05", "--end", "2024-02"],
+     ("--start 2024-05 is after --end 2024-02",)),
+    ("data download missing", ["data", "download", "BTCUSDT", "--end", "2024-02"], ("Missing option '--start'",)),
+    ("data download --base-url", ["data", "download", "BTCUSDT", "--start", "2024-01", "--end", "2024-02",
+                                  "--base-url", "ftp://archive"], ("'--base-url'", "http(s) URL")),
+    ("data download --dir", ["data", "download", "BTCUSDT", "--start", "2024-01", "--end", "2024-02", "--dir",
+                             "{tmp}/klines/BTCUSDT-1h-2024-01.csv"], ("'--dir'", "is a file")),
+    # qt operator, crds, wiring, version
+    ("operator -n -A", ["operator", "-n", "trading", "-A"], ("--namespace and --all-namespaces",)),
+    ("operator --liveness", ["operator", "--liveness", "healthz"], ("'--liveness'", "http(s) URL")),
+    ("operator no cluster", ["operator", "-A"], ("no cluster to run against",)),
+    ("crds --out", ["crds", "--out", "{tmp}/klines/BTCUSDT-1h-2024-01.csv"], ("'--out'", "is a file")),
+    ("wiring -f missing", ["wiring", "-f", "{tmp}/missing.yaml"], ("cannot read policy",)),
+    ("version extra", ["version", "--digest"], ("No such option", "--digest")),
+    ("unknown command", ["trade"], ("No such command 'trade'",)),
+]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [c[1:] for c in FLAG_CASES], ids=[c[0] for c in FLAG_CASES])
+def test_every_bad_flag_is_one_line_naming_it(tmp_path, args, fragments):
+    klines = tmp_path / "klines"
+    kline_file(klines, "BTCUSDT-1h-2024-01.csv")
+    kline_file(klines, "BTCUSDT-1m-2024-01.csv")
+    kline_file(klines, "prices.csv")
+    kline_file(klines, "btc-1h-2024-01.csv")
+    state = tmp_path / "state"
+    if args[0] in ("status", "killswitch") and "--redis-url" not in args and "no running stack found" not in fragments:
+        running_stack_file(state, "redis://127.0.0.1:1/0")
+    result = qt(*(a.replace("{tmp}", str(tmp_path)) for a in args), state_dir=state)
+    assert_one_line_error(result, *fragments)

@@ -1,22 +1,93 @@
-"""``qt run``: start Redis, check wiring, start every component, show the live table until Ctrl-C."""
+"""``qt run``: start Redis, check wiring, start every component, show the live table until a stop, then
+stop in order and print the closing summary from the run's ledger.
+
+The stop is orderly on SIGINT (Ctrl-C), SIGTERM and SIGHUP alike: components in reverse dependency
+order, each finishing its entry in hand, then the ledger is read and kept, then Redis. A second
+signal forces the stop: whatever still runs is killed, and the summary says so.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.policy import MarketDataSource, PolicySpec, load_policy
-from quantum_trader.local.redis_server import EmbeddedRedis, find_binary
-from quantum_trader.local.status import build_status, gather, render, render_text
+from quantum_trader.data.errors import DataError
+from quantum_trader.local.ledger import LEDGER_FILE, read_ledger, render_summary, summarize, write_ledger
+from quantum_trader.local.redis_server import EmbeddedRedis, RedisStartError, find_binary
+from quantum_trader.local.status import StackStatus, build_status, gather, render, render_text
 from quantum_trader.local.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    policy_file: str | None = None
+    redis_url: str | None = None
+    redis_kind: str = "embedded"
+    duration: float | None = None
+    """seconds until an orderly stop; None: until a signal"""
+    live_table: bool = False
+    data: Sequence[str] = field(default_factory=tuple)
+    """kline files (paths or globs) to replay instead of the policy's market data"""
+    speed: float | None = None
+    """replay speed-up over real time; 0 as fast as the pipeline takes it; None: the policy's"""
+
+
+def replay_symbols(files: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The files a ``--data`` list names (globs expanded) and their symbols, one file per symbol."""
+    from quantum_trader.data.klines import parse_kline_filename
+    from quantum_trader.data.replay import expand_files
+
+    try:
+        paths = expand_files(files)
+    except DataError as error:
+        raise DataError(f"--data: {error}") from None
+    by_symbol: dict[str, Path] = {}
+    for path in paths:
+        try:
+            symbol, _ = parse_kline_filename(path.name)
+        except (DataError, ValueError) as error:
+            raise DataError(f"--data: {path.name} is not named like a kline file ({error})") from None
+        if symbol in by_symbol:
+            both = f"{by_symbol[symbol].name}, {path.name}"
+            raise DataError(f"--data: two files for {symbol} ({both}); give one per symbol")
+        by_symbol[symbol] = path
+    return [str(p) for p in by_symbol.values()], list(by_symbol)
+
+
+def apply_run_options(policy: PolicySpec, data: Sequence[str], speed: float | None) -> PolicySpec:
+    """The policy with ``--data`` and ``--speed`` in its own fields (``marketData.files``/``speed``), so
+    market-data paces the replay exactly as it paces any policy's: there is one pacing path, not two.
+
+    ``--data`` replays those files and trades their symbols (the allowlist becomes the files' symbols).
+    """
+    market = policy.market_data
+    update: dict = {}
+    symbols = None
+    if data:
+        files, symbols = replay_symbols(data)
+        update.update(source=MarketDataSource.REPLAY, files=files)
+    if speed is not None:
+        update["speed"] = speed
+    if not update:
+        return policy
+    changes: dict = {"market_data": market.model_copy(update=update)}
+    if symbols is not None:
+        changes["symbols"] = symbols
+    # validated again as a whole: a symbol the policy's own rules refuse is refused here too
+    return PolicySpec.model_validate({**policy.model_dump(), **changes})
 
 
 def resolve_market_data(policy: PolicySpec) -> PolicySpec:
@@ -31,65 +102,153 @@ def resolve_market_data(policy: PolicySpec) -> PolicySpec:
     return policy.model_copy(update={"market_data": market.model_copy(update={"files": [str(path)]})})
 
 
-def run_local(
-    policy_file: str | None, redis_url: str | None, redis_kind: str, duration: float, live_table: bool
-) -> int:
-    policy = load_policy(policy_file) if policy_file else PolicySpec()
+def check_reachable(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        raise RedisStartError(f"--redis-url: cannot reach Redis at {redis_url}: {error}") from None
+    finally:
+        client.close()
+
+
+class StopSignals:
+    """The first SIGINT/SIGTERM/SIGHUP asks for an orderly stop; the second forces it."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.force = threading.Event()
+        self.first = ""
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(number, self._on_signal)
+
+    def _on_signal(self, number: int, _frame: object) -> None:
+        name = signal.Signals(number).name
+        if not self.stop.is_set():
+            self.first = name
+            self.stop.set()
+            print(f"\nqt: {name}: stopping in order (press Ctrl-C again to force)", file=sys.stderr, flush=True)
+        elif not self.force.is_set():
+            self.force.set()
+            print(f"\nqt: {name} again: forcing the stop, killing what still runs", file=sys.stderr, flush=True)
+
+
+def run_local(options: RunOptions) -> int:
+    policy = load_policy(options.policy_file) if options.policy_file else PolicySpec()
+    policy = apply_run_options(policy, options.data, options.speed)
     if policy.mode.value != "paper":
         print("qt: error: `qt run` runs paper mode only; set mode: paper", file=sys.stderr)
         return 2
+    if options.redis_url is not None:
+        check_reachable(options.redis_url)
     policy = resolve_market_data(policy)
+    signals = StopSignals()
     server = None
+    redis_url = options.redis_url
     if redis_url is None:
-        server = EmbeddedRedis(find_binary(redis_kind)).start()
+        server = EmbeddedRedis(find_binary(options.redis_kind)).start()
         redis_url = server.url
     supervisor = Supervisor(policy, redis_url)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: stop.set())  # the terminal closed: stop everything in order
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(supervisor.instance)
     started = time.monotonic()
+    ended_at = time.time()
+    final = None
     try:
         supervisor.prepare()
         supervisor.start()
         print(
-            f"qt: stack running on {redis_url} (instance {supervisor.instance}); logs in {supervisor.workdir}",
+            f"qt: stack running on {redis_url} (instance {supervisor.instance}); logs in {supervisor.workdir}; "
+            "Ctrl-C stops it",
             file=sys.stderr,
+            flush=True,
+        )
+        _watch(supervisor, client, keys, policy, options, signals, started)
+        ended_at = time.time()
+        final = _snapshot(supervisor, client, keys, policy)
+    finally:
+        if not signals.stop.is_set():
+            signals.stop.set()  # ended by --duration or by an error: the same orderly stop
+        print("qt: stopping components in reverse dependency order ...", file=sys.stderr, flush=True)
+        codes = supervisor.stop(force=signals.force)
+        _report_stopped(codes, supervisor)
+        if final is not None:
+            final = with_process_states(final, supervisor.process_states())
+        try:
+            ledger = read_ledger(
+                client,
+                keys,
+                started_at=supervisor.started_at,
+                ended_at=ended_at,
+                starting_equity=policy.simulator.starting_balance,
+                crashes=supervisor.crashes,
+                workdir=supervisor.workdir,
+            )
+            write_ledger(ledger, supervisor.workdir / LEDGER_FILE)
+        finally:
+            client.close()
+            if server is not None:
+                server.stop()
+                print("qt: stopped redis", file=sys.stderr, flush=True)
+    if final is not None:
+        print(render_text(final), flush=True)
+    print(render_summary(ledger, summarize(ledger), forced=signals.force.is_set()), flush=True)
+    return 0
+
+
+def with_process_states(status: StackStatus, processes: dict[str, tuple[str, int, str]]) -> StackStatus:
+    """The last live table with each row's state replaced by how its process ended (``stopped``,
+    ``exited (1)``, ...): the counts as they were, the states as they are."""
+    rows = [
+        dataclasses.replace(row, state=processes[row.component][0]) if row.component in processes else row
+        for row in status.rows
+    ]
+    return dataclasses.replace(status, rows=rows)
+
+
+def _snapshot(supervisor: Supervisor, client: redis.Redis, keys: Keys, policy: PolicySpec):
+    observed = gather(
+        client, keys, supervisor.components, policy.simulator.starting_balance, supervisor.process_states()
+    )
+    return build_status(observed)
+
+
+def _watch(
+    supervisor: Supervisor,
+    client: redis.Redis,
+    keys: Keys,
+    policy: PolicySpec,
+    options: RunOptions,
+    signals: StopSignals,
+    started: float,
+) -> None:
+    def finished() -> bool:
+        return signals.stop.is_set() or (
+            options.duration is not None and time.monotonic() - started >= options.duration
         )
 
-        def snapshot():
-            observed = gather(
-                client, keys, supervisor.components, policy.simulator.starting_balance, supervisor.process_states()
-            )
-            return build_status(observed)
+    if options.live_table:
+        from rich.live import Live
 
-        def finished() -> bool:
-            return stop.is_set() or (duration > 0 and time.monotonic() - started >= duration)
-
-        if live_table:
-            from rich.live import Live
-
-            with Live(render(snapshot()), refresh_per_second=2, screen=False) as live:
-                while not finished():
-                    supervisor.supervise_once()
-                    live.update(render(snapshot()))
-                    stop.wait(0.5)
-        else:
-            last_print = 0.0
+        with Live(render(_snapshot(supervisor, client, keys, policy)), refresh_per_second=2, screen=False) as live:
             while not finished():
                 supervisor.supervise_once()
-                if time.monotonic() - last_print >= 5:
-                    last_print = time.monotonic()
-                    print(render_text(snapshot()), flush=True)
-                stop.wait(0.5)
-        final = snapshot()
-    finally:
-        print("qt: stopping components ...", file=sys.stderr)
-        supervisor.stop()
-        client.close()
-        if server is not None:
-            server.stop()
-    print(render_text(final), flush=True)
-    return 0
+                live.update(render(_snapshot(supervisor, client, keys, policy)))
+                signals.stop.wait(0.25)
+        return
+    last_print = 0.0
+    while not finished():
+        supervisor.supervise_once()
+        if time.monotonic() - last_print >= 5:
+            last_print = time.monotonic()
+            print(render_text(_snapshot(supervisor, client, keys, policy)), flush=True)
+        signals.stop.wait(0.25)
+
+
+def _report_stopped(codes: dict[str, int], supervisor: Supervisor) -> None:
+    order = ", ".join(codes)
+    failed = {pod: code for pod, code in codes.items() if code != 0}
+    outcome = "all exited 0" if not failed else "not clean: " + ", ".join(
+        f"{pod} {supervisor.processes[pod].state}" for pod in failed
+    )
+    print(f"qt: stopped {len(codes)} components ({order}): {outcome}", file=sys.stderr, flush=True)

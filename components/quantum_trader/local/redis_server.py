@@ -77,6 +77,9 @@ class EmbeddedRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            # its own session: a terminal's Ctrl-C reaches only `qt run`, which stops Redis last, after
+            # every component is done with it (sharing the group, Redis died first and took them down)
+            start_new_session=True,
             preexec_fn=die_with_parent,
         )
         client = redis.Redis.from_url(self.url)
@@ -93,6 +96,10 @@ class EmbeddedRedis:
                     raise RedisStartError(f"{self.binary.name} did not answer within {timeout:.0f}s") from None
                 time.sleep(0.05)
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
@@ -100,4 +107,5 @@ class EmbeddedRedis:
                 self._process.wait(10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+                self._process.wait()
         self._dir.cleanup()

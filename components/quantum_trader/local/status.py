@@ -16,6 +16,9 @@ from quantum_trader.contracts.keys import Keys
 
 STALE_HEARTBEAT_SECONDS = 10.0
 
+POSITION_DRIVEN = frozenset({"exit-brain", "harvest", "heat-gate"})
+"""components with nothing to do until a position is open: zero there is health, not a stall"""
+
 
 @dataclass(frozen=True)
 class ComponentRow:
@@ -63,8 +66,8 @@ class Observed:
     control: ControlState
     starting_equity: float
     dlq_lengths: dict[str, int] = field(default_factory=dict)
-    processes: dict[str, tuple[str, int]] = field(default_factory=dict)
-    """component -> (process state, restarts) when a supervisor runs them"""
+    processes: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    """component -> (process state, restarts, how its last process ended) when a supervisor runs them"""
 
 
 def _float(raw: dict[str, str], name: str) -> float:
@@ -74,6 +77,25 @@ def _float(raw: dict[str, str], name: str) -> float:
         return 0.0
 
 
+def idle_reason(component: str, processed: int, lag: int, open_positions: int, counters: dict) -> str:
+    """Why a healthy component shows no work, in the words a person needs; empty when it is busy."""
+    from quantum_trader.contracts.registry import COMPONENTS
+
+    if component == "market-data" and int(counters.get("finished", 0)):
+        return f"finished: {int(counters.get('published', processed)):,} ticks published"
+    if component in POSITION_DRIVEN and open_positions == 0:
+        return "idle: no open positions"
+    spec = COMPONENTS.get(component)
+    if processed == 0 and lag == 0 and spec is not None and spec.inputs:
+        return f"idle: nothing on {', '.join(spec.inputs)} yet"
+    return ""
+
+
+def _process(observed: Observed, name: str) -> tuple[str, int, str]:
+    state, restarts, *rest = observed.processes.get(name, ("", 0, ""))
+    return state, restarts, (rest[0] if rest else "")
+
+
 def build_status(observed: Observed) -> StackStatus:
     by_component: dict[str, list[HeartbeatRecord]] = {}
     for beat in observed.heartbeats:
@@ -81,10 +103,11 @@ def build_status(observed: Observed) -> StackStatus:
     rows = []
     for name in observed.components:
         beats = by_component.get(name, [])
-        process_state, restarts = observed.processes.get(name, ("", 0))
+        process_state, restarts, last_end = _process(observed, name)
         if not beats:
             state = process_state or "no heartbeat"
-            rows.append(ComponentRow(name, state, 0, 0, 0, None, restarts))
+            detail = f"restarted after {last_end}" if last_end and process_state == "running" else ""
+            rows.append(ComponentRow(name, state, 0, 0, 0, None, restarts, detail))
             continue
         newest = max(beats, key=lambda b: b.time_ms)
         age = newest.age_seconds(observed.now_ms)
@@ -97,8 +120,17 @@ def build_status(observed: Observed) -> StackStatus:
         last_event = max(int(b.counters.get("last_event_ms", 0)) for b in beats)
         last_age = (observed.now_ms - last_event) / 1000 if last_event else None
         errors = sum(int(b.counters.get("errors", 0)) for b in beats)
-        detail = f"{errors} errors" if errors else ""
-        rows.append(ComponentRow(name, state, processed, lag, pending, last_age, restarts, detail))
+        notes = [f"{errors} errors"] if errors else []
+        if last_end and process_state == "running":
+            notes.append(f"restarted after {last_end}")
+        if state == "running":
+            counters: dict = {}
+            for beat in beats:
+                counters.update(beat.counters)
+            reason = idle_reason(name, processed, lag, len(observed.open_positions), counters)
+            if reason:
+                notes.append(reason)
+        rows.append(ComponentRow(name, state, processed, lag, pending, last_age, restarts, "; ".join(notes)))
     realized = _float(observed.ledger, "realized_pnl")
     fees = _float(observed.ledger, "fees")
     summary = StackSummary(
@@ -119,7 +151,7 @@ def gather(
     keys: Keys,
     components: list[str],
     starting_equity: float,
-    processes: dict[str, tuple[str, int]] | None = None,
+    processes: dict[str, tuple[str, int, str]] | None = None,
 ) -> Observed:
     from quantum_trader.contracts.registry import STREAMS
 
@@ -175,12 +207,15 @@ def _caption(summary: StackSummary) -> str:
 
 def render_text(status: StackStatus) -> str:
     """Plain text for logs and non-terminals."""
-    lines = [f"{'component':<15} {'state':<13} {'processed':>10} {'lag':>7} {'pending':>7} {'last event':>10} restarts"]
+    lines = [
+        f"{'component':<15} {'state':<18} {'processed':>10} {'lag':>7} {'pending':>7} {'last event':>10} "
+        "restarts  detail"
+    ]
     for row in status.rows:
         age = "-" if row.last_event_age is None else f"{row.last_event_age:.1f}s"
         lines.append(
-            f"{row.component:<15} {row.state:<13} {row.processed:>10,} {row.lag:>7,} {row.pending:>7,} {age:>10} "
-            f"{row.restarts:>8}"
+            f"{row.component:<15} {row.state:<18} {row.processed:>10,} {row.lag:>7,} {row.pending:>7,} {age:>10} "
+            f"{row.restarts:>8}  {row.detail}".rstrip()
         )
     lines.append(_caption(status.summary))
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """Runs every enabled component as its own process, the way the operator's pods run them (DESIGN §8):
 ``qt component <name>`` with its settings in the environment. Crashed components are restarted with
-backoff and counted, as a Deployment would; Ctrl-C stops everything cleanly."""
+backoff and counted, as a Deployment would. A stop goes in reverse dependency order: the producers
+first, so nothing new reaches a component after it stopped, and the exchange last, so every order in
+flight gets its answer. Each component finishes and acks the entry in hand before it exits."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from quantum_trader.bus.control import Scope, write_control
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.policy import PolicySpec, dump_policy
 from quantum_trader.contracts.registry import check_wiring
+from quantum_trader.local.ledger import Crash
 from quantum_trader.local.orphans import die_with_parent
 from quantum_trader.local.redis_server import free_port
 
@@ -48,6 +53,17 @@ class WiringError(ValueError):
     pass
 
 
+def describe_exit(code: int) -> str:
+    """How a process ended, as the status table shows it: a signal is a crash, a code an exit."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"crashed ({name})"
+    return f"exited ({code})"
+
+
 def state_dir() -> Path:
     base = os.environ.get("QT_STATE_DIR") or os.path.join(
         os.environ.get("XDG_STATE_HOME", os.path.expanduser("~/.local/state")), "quantum-trader"
@@ -71,6 +87,8 @@ class Process:
     next_start: float = 0.0
     state: str = "starting"
     last_exit: int | None = None
+    last_end: str = ""
+    """how the previous process of this pod ended while the stack ran (``crashed (SIGKILL)``)"""
 
     def start(self) -> None:
         log_file = self.log_path.open("ab")
@@ -97,8 +115,13 @@ class Supervisor:
     only: list[str] | None = None
     """run just these components, with the caller producing the missing streams (tests, benchmarks)"""
 
+    crashes: list[Crash] = field(default_factory=list)
+    """every exit of a component while the stack ran, in order"""
+
     def __post_init__(self) -> None:
         self.keys = Keys(self.instance)
+        self.started_at = time.time()
+        self._run_info: dict = {}
         enabled = self.policy.enabled_components() if self.only is None else self.only
         self.components = [c for c in START_ORDER if c in enabled]
         if self.only is None:
@@ -140,6 +163,9 @@ class Supervisor:
         )
         if self.exchange_url:
             base_env["QT_EXCHANGE_URL"] = self.exchange_url
+            base_env["QT_SIM_ORDER_LOG"] = os.environ.get("QT_SIM_ORDER_LOG") or str(
+                self.workdir / "exchange-orders.jsonl"
+            )
         self._ports: set[int] = {sim_port}
         for component in self.components:
             settings = self.policy.components.get(component)
@@ -153,21 +179,26 @@ class Supervisor:
                     QT_HEALTH_PORT=str(self.new_port()),
                     QT_METRICS_PORT=str(self.new_port()),
                 )
-                self.processes[pod] = Process(component, env, self.workdir / f"{pod}.log")
-        run_file().write_text(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "redis_url": self.redis_url,
-                    "instance": self.instance,
-                    "components": self.components,
-                    "starting_equity": self.policy.simulator.starting_balance,
-                    "exchange_url": self.exchange_url,
-                    "workdir": str(self.workdir),
-                },
-                indent=2,
-            )
-        )
+                log_path = self.workdir / f"{pod}.log"
+                log_path.write_bytes(b"")  # this run's log only; restarts within the run append
+                self.processes[pod] = Process(component, env, log_path)
+        self._run_info = {
+            "pid": os.getpid(),
+            "redis_url": self.redis_url,
+            "instance": self.instance,
+            "components": self.components,
+            "starting_equity": self.policy.simulator.starting_balance,
+            "exchange_url": self.exchange_url,
+            "workdir": str(self.workdir),
+        }
+        self._write_run_file()
+
+    def _write_run_file(self) -> None:
+        """run.json: how ``qt status`` and ``qt killswitch`` find this stack, and each process's state."""
+        info = dict(self._run_info, processes=self.process_states())
+        temporary = run_file().with_suffix(".tmp")
+        temporary.write_text(json.dumps(info, indent=2))
+        temporary.replace(run_file())
 
     def new_port(self) -> int:
         """A free loopback port not handed out before in this run."""
@@ -201,55 +232,77 @@ class Supervisor:
     def supervise_once(self) -> None:
         """Restart exited components with exponential backoff (1 s doubling to 30 s)."""
         now = time.monotonic()
-        for process in self.processes.values():
+        changed = False
+        for pod, process in self.processes.items():
             popen = process.popen
             if popen is None:
                 if now >= process.next_start:
                     # fresh ports: the old ones may have been taken meanwhile by anything on this machine
                     process.env.update(QT_HEALTH_PORT=str(self.new_port()), QT_METRICS_PORT=str(self.new_port()))
                     process.start()
+                    changed = True
                 continue
             code = popen.poll()
             if code is None:
                 continue
             process.last_exit = code
             process.restarts += 1
-            process.state = f"exited {code}"
+            process.state = process.last_end = describe_exit(code)
             process.popen = None
             process.next_start = now + min(30.0, 2.0 ** min(process.restarts - 1, 5))
-            log.warning("component exited", extra={"component": process.component, "code": code})
+            self.crashes.append(Crash(pod, process.state, round(time.time() - self.started_at, 1)))
+            delay = process.next_start - now
+            print(f"qt: {pod} {process.state}; restarting it in {delay:.0f}s", file=sys.stderr, flush=True)
+            changed = True
+        if changed and self._run_info:
+            self._write_run_file()
 
-    def process_states(self) -> dict[str, tuple[str, int]]:
-        """component -> (state of its worst replica, restarts of all replicas)"""
-        states: dict[str, tuple[str, int]] = {}
+    def process_states(self) -> dict[str, tuple[str, int, str]]:
+        """component -> (state of its worst replica, restarts of all replicas, how the last one ended)"""
+        states: dict[str, tuple[str, int, str]] = {}
         for process in self.processes.values():
-            state, restarts = states.get(process.component, ("running", 0))
+            state, restarts, last_end = states.get(process.component, ("running", 0, ""))
             if process.state != "running":
                 state = process.state
-            states[process.component] = (state, restarts + process.restarts)
+            states[process.component] = (state, restarts + process.restarts, process.last_end or last_end)
         return states
 
     def pods(self, component: str) -> list[Process]:
         return [p for p in self.processes.values() if p.component == component]
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every component (each finishes its current message), then SIGKILL stragglers."""
-        for process in reversed(list(self.processes.values())):
-            if process.popen is not None and process.popen.poll() is None:
-                process.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for process in self.processes.values():
-            if process.popen is None:
+    def stop(
+        self,
+        timeout: float = 15.0,
+        *,
+        force: threading.Event | None = None,
+        stopped: Callable[[str, Process], None] | None = None,
+    ) -> dict[str, int]:
+        """Stop every component in reverse dependency order, one after the other: SIGTERM (it finishes
+        and acks its entry in hand, then exits 0), SIGKILL after ``timeout``. Once ``force`` is set,
+        whatever still runs is killed at once. Returns pod -> exit code; ``stopped`` hears each pod."""
+        codes: dict[str, int] = {}
+        for pod, process in reversed(list(self.processes.items())):
+            popen = process.popen
+            if popen is None:
                 continue
-            try:
-                process.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.popen.kill()
-                process.popen.wait()
-            process.state = "stopped"
+            if popen.poll() is None:
+                popen.send_signal(signal.SIGKILL if force is not None and force.is_set() else signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while popen.poll() is None:
+                if time.monotonic() >= deadline or (force is not None and force.is_set()):
+                    popen.kill()
+                    popen.wait()
+                    break
+                time.sleep(0.02)
+            codes[pod] = popen.returncode
+            process.last_exit = popen.returncode
+            process.state = "stopped" if popen.returncode == 0 else describe_exit(popen.returncode)
+            if stopped is not None:
+                stopped(pod, process)
         try:
             current = json.loads(run_file().read_text())
             if current.get("pid") == os.getpid():
                 run_file().unlink()
         except (OSError, ValueError):
             pass
+        return codes

@@ -141,8 +141,16 @@ class ComponentRunner:
             self.service.close()
             if health is not None:
                 health.stop()
-        log.info("stopped", extra={"reason": "signal"})
+        log.info("stopped", extra={"reason": "signal", "counts": self.stopped_counts()})
         return 0
+
+    def stopped_counts(self) -> dict[str, int]:
+        """What this process did, for its one ``stopped`` line: the service's counters and the consumer's."""
+        counts = {k: v for k, v in self.service.counters.items() if isinstance(v, int) and k != "last_event_ms"}
+        if self.consumer is not None:
+            stats = self.consumer.stats
+            counts.update(processed=stats.processed, dead_lettered=stats.dead_lettered, errors=stats.errors)
+        return counts
 
     def _maybe_control(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_control < CONTROL_EVERY_SECONDS:
