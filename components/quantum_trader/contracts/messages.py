@@ -148,6 +148,7 @@ class FeatureVector(_HasSymbol):
     MESSAGE_TYPE: ClassVar[str] = "FeatureVector"
     time: EpochMs
     feature_set: str = Field(description="name and version of the feature set, e.g. 'core-v1'")
+    feature_hash: str = Field(default="", description="sha256 of the set's definition (ml.market_features)")
     names: tuple[str, ...]
     values: tuple[Finite, ...]
     price: Price = Field(description="close price the features were computed at")
@@ -175,6 +176,7 @@ class TradeIntent(_HasSymbol):
     notional: Quantity = Field(gt=0, description="intended position size in quote currency (USDT)")
     strategy: str
     model_digest: str
+    feature_hash: str = Field(default="", description="hash of the feature set the model read (learned models)")
 
     @model_validator(mode="after")
     def _levels_on_the_right_side(self) -> TradeIntent:

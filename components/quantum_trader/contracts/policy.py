@@ -87,6 +87,19 @@ class RiskLimits(Spec):
 class ModelRef(Spec):
     name: str = Field(default="baseline-trend", description="strategy or model artifact name")
     digest: str = Field(default="", description="sha256 of the model artifact baked into the image")
+    xgboost_weight: float = Field(default=0.5, ge=0, le=1, description="ensemble weight of the xgboost model")
+    torch_weight: float = Field(default=0.5, ge=0, le=1, description="ensemble weight of the torch model")
+    threshold: float = Field(
+        default=0.5, ge=0, le=1, description="an intent needs the ensemble's up (or down) probability at least this"
+    )
+    stop_atr: float = Field(default=2.0, gt=0, le=100, description="stop-loss distance in ATRs (learned models)")
+    take_profit_atr: float = Field(default=3.0, gt=0, le=100, description="take-profit distance in ATRs")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ModelRef:
+        if self.xgboost_weight + self.torch_weight <= 0:
+            raise ValueError("model: xgboostWeight and torchWeight must not both be 0")
+        return self
 
 
 class ComponentSettings(Spec):

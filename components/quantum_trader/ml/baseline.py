@@ -89,4 +89,5 @@ def decide(vector: FeatureVector, state: StrategyState, spec: StrategySpec) -> T
         notional=spec.notional,
         strategy=STRATEGY_NAME,
         model_digest=model_digest(spec),
+        feature_hash=vector.feature_hash,
     )

@@ -12,6 +12,8 @@ mean of its first n inputs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -38,6 +40,17 @@ FEATURE_NAMES: tuple[str, ...] = (
 WINDOW = 20
 """Bars in the return, volatility and volume windows."""
 RSI_LENGTH = 14
+
+
+def feature_hash(feature_set: str, names: Iterable[str], parameters: dict[str, Any]) -> str:
+    """``sha256:<hex>`` of the canonical JSON of a feature set's name, ordered names and parameters.
+
+    Vectors carry it, so a consumer can tell two definitions apart even under one set name.
+    """
+    canonical = json.dumps(
+        {"set": feature_set, "names": list(names), "parameters": parameters}, sort_keys=True, separators=(",", ":")
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class _Smoother:
@@ -87,6 +100,9 @@ class FeatureState:
             raise ValueError(f"atr length must be at least 2, got {atr}")
         self.symbol = symbol
         self.fast, self.slow, self.atr_length = fast, slow, atr
+        self.feature_hash = feature_hash(
+            FEATURE_SET, FEATURE_NAMES, {"fast": fast, "slow": slow, "atr": atr, "window": WINDOW, "rsi": RSI_LENGTH}
+        )
         self.bars = 0
         self.last_time: int | None = None
         self._ema_fast = ema(fast)
@@ -160,6 +176,7 @@ class FeatureState:
             symbol=self.symbol,
             time=tick.event_time,
             feature_set=FEATURE_SET,
+            feature_hash=self.feature_hash,
             names=FEATURE_NAMES,
             values=values,
             price=close,

@@ -20,6 +20,13 @@ LAST_EVENT = Gauge("qt_last_event_timestamp_seconds", "Wall time of the last han
 CONTROL_GENERATION = Gauge("qt_killswitch_generation_applied", "Kill-switch generation acked", ["component"])
 KILLSWITCH_ENGAGED = Gauge("qt_killswitch_engaged", "1 when entries are blocked", ["component"])
 UP = Gauge("qt_component_up", "1 while the component loop runs", ["component"])
+MODEL_AGE = Gauge("qt_model_age_seconds", "Seconds since the newest bar the loaded model learned from", ["component"])
+INFERENCE = Histogram(
+    "qt_inference_seconds",
+    "Model inference for one feature vector (both models and the ensemble rule)",
+    ["component"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+)
 
 
 def observer(component: str):
