@@ -63,9 +63,9 @@ chart-check: $(STAMP) helm
 	$$(bash .ci/helm.sh) lint --strict charts/quantum-trader
 	$(BIN)/pytest -q tests/chart
 
-## e2e: scenarios against a real cluster (skipped without a kubeconfig)
+## e2e: scenarios against the real cluster KUBECONFIG names (skipped, with the reason, without one); docs/OPERATOR.md
 e2e: $(STAMP)
-	$(BIN)/pytest -q -m e2e tests/e2e
+	$(BIN)/pytest -q -rs -m e2e tests/e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
