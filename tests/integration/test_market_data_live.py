@@ -1,0 +1,130 @@
+"""market-data live (issue 7, acceptance 4): real processes on a real redis-server, python-binance's
+websocket client against a local server that speaks Binance's stream format — never the internet.
+
+The connection drops mid-run while bars keep closing: market-data goes stale and halts entries
+(the governor process rejects an ENTRY), reconnects, backfills the missed bars over REST, drops the
+bar the server repeats on reconnect, and releases entries once fresh and drained.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantum_trader.contracts.policy import parse_policy
+from quantum_trader.local.supervisor import Supervisor
+from tests.binance_stream import BinanceMarketServer
+from tests.factories import entry, send
+from tests.stack import wait_for
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+WARMUP = 200  # services.market_data.WARMUP_BARS
+CLOSED = 250  # bars closed when market-data first connects
+FIRST = CLOSED - 1 - WARMUP  # the server repeats the last closed bar on connect; the warm-up is before it
+
+
+def bars_through(closed: int) -> str:
+    """How many ticks market-data has published once ``closed`` bars of each symbol have closed."""
+    return str(len(SYMBOLS) * (closed - FIRST))
+RUNS = ("market-data", "features", "governor")
+
+
+def live_policy() -> dict:
+    off = {"enabled": False}
+    return {
+        "symbols": SYMBOLS,
+        "marketData": {"source": "live", "barIntervalMs": 60_000},
+        "components": {c: off for c in ("ai-engine", "intent-bridge", "apply-layer", "position-state", "reconciler",
+                                        "exit-brain", "harvest", "heat-gate", "exchange-sim")},
+    }  # fmt: skip
+
+
+def ticks(r, keys) -> list[tuple[str, dict]]:
+    return [(fields["id"], json.loads(fields["data"])) for _, fields in r.xrange(keys.stream("market.tick"))]
+
+
+def decision(r, keys, plan_id: str) -> dict | None:
+    for _, fields in r.xrange(keys.stream("governor.decision")):
+        data = json.loads(fields["data"])
+        if data["plan_id"] == plan_id:
+            return data
+    return None
+
+
+@pytest.fixture
+def market():
+    server = BinanceMarketServer(SYMBOLS, bars=400, closed=CLOSED).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.timeout(240)
+def test_a_dropped_websocket_reconnects_backfills_without_duplicates_and_holds_entries_while_stale(
+    market, redis_url, r, instance, tmp_path
+):
+    policy = parse_policy(live_policy())
+    supervisor = Supervisor(policy, redis_url, instance=instance, workdir=tmp_path, only=list(RUNS))
+    supervisor.prepare()
+    for process in supervisor.pods("market-data"):
+        process.env.update(
+            QT_MARKET_STREAM_URL=market.ws_url, QT_MARKET_REST_URL=market.url, QT_MARKET_STALE_SECONDS="3"
+        )
+    keys = supervisor.keys
+    published = keys.component_state("market-data", "progress")
+    try:
+        supervisor.start()
+        # first start: 200 bars of history per symbol over REST, then fresh: the halt goes
+        wait_for(lambda: r.hget(published, "published") == bars_through(CLOSED), 60, "the warm-up", supervisor)
+        wait_for(lambda: not r.hexists(keys.halts, "market-data"), 30, "fresh data to release entries", supervisor)
+        market.advance(2)
+        wait_for(lambda: r.hget(published, "published") == bars_through(CLOSED + 2), 30, "two live bars", supervisor)
+        send(r, keys, "apply.plan", entry("BTCUSDT", "fresh-entry", t=1), id="fresh-entry")
+        wait_for(lambda: decision(r, keys, "fresh-entry"), 30, "the governor's decision", supervisor)
+        assert decision(r, keys, "fresh-entry")["approved"], "fresh data: entries pass"
+
+        market.drop()
+        wait_for(lambda: r.hget(keys.halts, "market-data"), 30, "the stale alarm", supervisor)
+        assert "disconnected" in r.hget(keys.halts, "market-data")
+        market.advance(3)  # closed while nobody listens
+        send(r, keys, "apply.plan", entry("ETHUSDT", "stale-entry", t=2), id="stale-entry")
+        wait_for(lambda: decision(r, keys, "stale-entry"), 30, "the governor's decision", supervisor)
+        held = decision(r, keys, "stale-entry")
+        assert not held["approved"] and held["reasons"] == ["killswitch_entries"], held
+        assert r.hget(published, "published") == bars_through(CLOSED + 2), "nothing published while disconnected"
+
+        market.restore()
+        wait_for(lambda: r.hget(published, "published") == bars_through(CLOSED + 5), 60, "the backfill", supervisor)
+        wait_for(lambda: not r.hexists(keys.halts, "market-data"), 30, "entries released", supervisor)
+        send(r, keys, "apply.plan", entry("ETHUSDT", "after-entry", t=3), id="after-entry")
+        wait_for(lambda: decision(r, keys, "after-entry"), 30, "the governor's decision", supervisor)
+        assert decision(r, keys, "after-entry")["approved"]
+        assert market.connects >= 2, "python-binance reconnected"
+
+        # a drop with no bar missed: on reconnect the server repeats the last closed bar, which is dropped
+        connects = market.connects
+        market.drop()
+        wait_for(lambda: r.hexists(keys.halts, "market-data"), 30, "the stale alarm", supervisor)
+        market.restore()
+        wait_for(lambda: market.connects > connects, 60, "the reconnect", supervisor)
+        wait_for(lambda: not r.hexists(keys.halts, "market-data"), 30, "entries released", supervisor)
+        assert r.hget(published, "published") == bars_through(CLOSED + 5), "no bar twice"
+    finally:
+        supervisor.stop()
+
+    published_ticks = ticks(r, keys)
+    ids = [i for i, _ in published_ticks]
+    assert len(ids) == len(set(ids)) == int(bars_through(CLOSED + 5)), "every bar once"
+    for symbol in SYMBOLS:
+        mine = [t for _, t in published_ticks if t["symbol"] == symbol]
+        bars = market.bars[symbol][FIRST : CLOSED + 5]
+        assert [t["event_time"] for t in mine] == [b.close_time for b in bars], f"{symbol}: in order, none missing"
+        assert [t["price"] for t in mine] == [b.close for b in bars]
+        sources = [t["source"] for t in mine]
+        assert sources[:WARMUP] == ["live:backfill"] * WARMUP, "the warm-up came over REST"
+        assert sources[WARMUP:-3] == ["live"] * 3, "the bars closed while connected came over the websocket"
+        # of the three closed while disconnected, the last one is repeated on reconnect; the others are a hole
+        assert sources[-3:] == ["live:backfill", "live:backfill", "live"], "the missed bars came over REST"
+    heartbeat = r.hgetall(keys.heartbeat("market-data", "market-data-0"))
+    counters = json.loads(heartbeat.get("counters") or "{}")
+    assert counters["gaps"] == 2 and counters["duplicates"] == 2, counters
