@@ -116,8 +116,9 @@ def test_a_changed_image_is_reverted(cluster: Cluster, policy: dict, r_client: r
 def _foreign_fields_left(obj: dict[str, Any]) -> list[str]:
     """The fields the test added as other managers that are still there (a removed field has no owner left)."""
     left = []
-    if any(e.get("name") == "EXTRA" for e in container(obj).get("env") or []):
-        left.append("env EXTRA")
+    for variable in ("EXTRA", "APPLIED_BY_HAND"):
+        if any(e.get("name") == variable for e in container(obj).get("env") or []):
+            left.append(f"env {variable}")
     if FOREIGN_LABEL in (obj["metadata"].get("labels") or {}):
         left.append(f"label {FOREIGN_LABEL}")
     if any(v.get("name") == "foreign" for v in obj["spec"]["template"]["spec"].get("volumes") or []):
@@ -137,13 +138,26 @@ def test_fields_of_foreign_field_managers_are_removed(cluster: Cluster, policy: 
     kubectl("set", "env", f"deployment/{target}", "EXTRA=1", "-n", cluster.namespace)  # manager kubectl-set
     kubectl("label", "deployment", target, f"{FOREIGN_LABEL}=yes", "-n", cluster.namespace)  # kubectl-label
     kubectl("patch", "deployment", target, "--type=json", "-p", json.dumps(volume), "-n", cluster.namespace)
+    # And a field owned through server-side apply by a manager of its own (not a conflict: nobody owns it yet).
+    by_hand = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": target},
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"name": "ai-engine", "env": [{"name": "APPLIED_BY_HAND", "value": "1"}]}]}
+            }
+        },
+    }
+    kubectl_apply(by_hand, cluster.namespace, "--server-side", "--field-manager=e2e-by-hand")
     # The server records each edit under its own manager (unless the operator already took it away again).
     edited = deployment(cluster, "ai-engine")
-    assert _managers(edited) & {"kubectl-set", "kubectl-label", "kubectl-patch"} or not _foreign_fields_left(edited)
+    foreign = {"kubectl-set", "kubectl-label", "kubectl-patch", "e2e-by-hand"}
+    assert _managers(edited) & foreign or not _foreign_fields_left(edited)
     wait_for(
         lambda: not _foreign_fields_left(deployment(cluster, "ai-engine")),
         timeout=60,
-        what="the foreign env var, label and volume to be gone",
+        what="the foreign env vars, label and volume to be gone",
     )
     wait_for(lambda: DRIFT_HALT not in r_client.hgetall(keys.halts), timeout=60, what="the drift halt to clear")
     wait_for(lambda: cluster.status("TradingPolicy", NAME).get("drift") == "none", timeout=60, what="DRIFT none")
