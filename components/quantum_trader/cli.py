@@ -608,6 +608,34 @@ def version() -> None:
     click.echo(code_version())
 
 
+@main.command()
+@click.argument("image", required=False)
+def digest(image: str | None) -> None:
+    """Print the digest to pin a TradingPolicy's image to (IMAGE), or the digest of this checkout.
+
+    A TradingPolicy runs `repo@sha256:<64 hex>`: the registry digest of a pushed image (docker
+    push gives it one). Without IMAGE it prints a digest of the checkout's tracked files as they
+    are on disk, and the commit, to tell which code an image was built from.
+
+    \b
+    Examples:
+      qt digest localhost:5001/quantum-trader:dev
+      qt digest
+    """
+    from quantum_trader.local.digest import DigestError, checkout_digest, image_digest
+
+    try:
+        if image:
+            click.echo(image_digest(image))
+            return
+        tree, commit = checkout_digest(Path(__file__).resolve().parent)
+    except DigestError as error:
+        raise UserError(str(error)) from None
+    click.echo(tree)
+    click.echo(f"checkout {commit}; a TradingPolicy needs the registry digest of the pushed image: qt digest IMAGE",
+               err=True)
+
+
 main.add_command(backtest)
 main.add_command(train)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,48 @@ def test_every_bad_flag_is_one_line_naming_it(tmp_path, args, fragments):
         running_stack_file(state, "redis://127.0.0.1:1/0")
     result = qt(*(a.replace("{tmp}", str(tmp_path)) for a in args), state_dir=state)
     assert_one_line_error(result, *fragments)
+
+
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command and subcommand cli.py defines (other modules' commands document themselves)."""
+    import click
+
+    from quantum_trader.cli import main
+
+    found: list[tuple[str, ...]] = [()]
+
+    def walk(group: click.Group, path: tuple[str, ...]) -> None:
+        for name, command in group.commands.items():
+            if command.callback is not None and command.callback.__module__ != "quantum_trader.cli":
+                continue
+            found.append((*path, name))
+            if isinstance(command, click.Group):
+                walk(command, (*path, name))
+
+    walk(main, ())
+    return found
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: "qt " + " ".join(p))
+def test_every_command_has_a_one_line_help_and_an_example(path):
+    from quantum_trader.cli import main
+
+    command = main
+    for name in path:
+        command = command.commands[name]
+    assert command.get_short_help_str(limit=200).strip(), path
+    result = qt(*path, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Example" in result.stdout, result.stdout
+    example = result.stdout.split("Example", 1)[1]
+    assert f"qt {' '.join(path)}".strip() in example, example
+
+
+def test_component_help_lists_every_component():
+    from quantum_trader.contracts.registry import COMPONENTS
+
+    result = qt("component", "--help")
+    assert result.returncode == 0
+    listed = result.stdout.split("Components:", 1)[1]
+    for name, spec in COMPONENTS.items():
+        assert re.search(rf"^\s+{re.escape(name)}\s+{re.escape(spec.description)}$", listed, re.MULTILINE), name
