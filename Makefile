@@ -38,6 +38,12 @@ lint: $(STAMP)
 test: $(STAMP) redis-server lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+## chaos: the full chaos test: 60 seeded SIGKILLs of apply-layer, position-state and governor during a
+## lockstep replay with withheld exchange answers, against the fault-free run (a short one is in `make test`)
+.PHONY: chaos
+chaos: $(STAMP) redis-server
+	QT_CHAOS=full $(BIN)/pytest -q -s -rs tests/integration/test_chaos.py $(PYTEST_ARGS)
+
 ## bench: benchmarks; results go to docs/BENCHMARKS.md by hand, with this command
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.pipeline
