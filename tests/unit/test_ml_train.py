@@ -134,3 +134,22 @@ def test_costs_lower_the_simulated_return(trained, shared_klines, tmp_path):
     for name in ("buy_and_hold", "baseline"):
         assert free.summary["pnl"][name]["fees_paid"] == 0.0
         assert free.summary["pnl"][name]["total_return"] > trained.summary["pnl"][name]["total_return"], name
+
+
+def test_the_compiled_trees_give_xgboosts_margins(trained, shared_klines):
+    """ai-engine walks the trees itself for one row (xgboost's per-call cost is above a bar's budget)."""
+    from quantum_trader.ml.labels import LabelSpec
+    from quantum_trader.ml.models import CompiledTrees, xgb_margins
+    from quantum_trader.research.dataset import load_series
+
+    loaded = load_artifact("tiny", trained.digest, trained.folder.parent)
+    trees = CompiledTrees((trained.folder / "xgboost.json").read_bytes())
+    series = load_series(shared_klines / "AAVEUSDT-1h-2024-01-01_2025-12-31.csv", LabelSpec(6, 0.5), max_bars=800)
+    x = series.features[~np.isnan(series.features).any(axis=1)]
+    x = np.vstack([x, np.where(np.arange(x.shape[1]) % 3 == 0, np.nan, x[0])])  # and a row with missing values
+    expected = xgb_margins(loaded.ensemble.booster, x)
+    compiled = np.vstack([trees.margins(row) for row in x])
+    np.testing.assert_allclose(compiled, expected, atol=2e-6)
+    one = loaded.ensemble.probabilities(x[:1])[0]  # the single-row path ai-engine takes
+    batch = loaded.ensemble.probabilities(x[:2])[0][:1]
+    np.testing.assert_allclose(one, batch, atol=1e-6)

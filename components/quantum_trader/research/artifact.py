@@ -24,10 +24,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantum_trader.ml.market_features import FEATURE_HASH, FEATURE_NAMES, FEATURE_SET
-from quantum_trader.ml.models import Ensemble, mlp_from_bytes, xgb_from_bytes
+
+if TYPE_CHECKING:
+    from quantum_trader.ml.models import Ensemble
 
 FORMAT = "quantum-trader-model/1"
 MANIFEST = "manifest.json"
@@ -160,6 +162,9 @@ def load_artifact(name: str, expected_digest: str, directory: Path | None = None
             f"this build computes {FEATURE_SET} {FEATURE_HASH}",
             observed_digest=digest,
         )
+    # torch and xgboost load only here: the features component reads manifests without paying for them
+    from quantum_trader.ml.models import CompiledTrees, Ensemble, mlp_from_bytes, xgb_from_bytes
+
     try:
         models = manifest["models"]
         booster = xgb_from_bytes(contents[models["xgboost"]["file"]])
@@ -170,6 +175,7 @@ def load_artifact(name: str, expected_digest: str, directory: Path | None = None
             mlp=mlp,
             xgb_temperature=float(models["xgboost"]["temperature"]),
             mlp_temperature=float(torch_spec["temperature"]),
+            trees=CompiledTrees(contents[models["xgboost"]["file"]]),
         )
     except Exception as error:  # a digest-valid artifact that does not load is still refused, with the cause
         raise ArtifactError(f"model {name}: cannot load the models ({type(error).__name__}: {error})", digest) from None
