@@ -78,8 +78,9 @@ from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.policy import parse_policy
 from quantum_trader.local.supervisor import Supervisor
 from quantum_trader_operator import naming as n
-from quantum_trader_operator.desired import desired_objects, instance_id, rollout_order
-from quantum_trader_operator.runtime_io import DRIFT_HALT, Kube, object_path
+from quantum_trader_operator.desired import desired_objects, rollout_order
+from quantum_trader_operator.naming import DRIFT_HALT, instance_id
+from quantum_trader_operator.runtime_io import Kube, object_path
 from tests.operator.integration import support
 from tests.operator.integration.emulator import EmulatorThread
 

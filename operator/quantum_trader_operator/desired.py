@@ -1,9 +1,9 @@
-"""Pure: custom resources in, the objects that should exist out (DESIGN §5, §8).
+"""Pure: the manifests a TradingPolicy becomes (DESIGN §5, §8).
 
 ``desired_objects`` turns a TradingPolicy into plain-dict manifests: a ConfigMap with the rendered runtime
-config, Services, an optional managed Redis, and one Deployment per enabled component. ExitRollouts and
-KillSwitches change no manifest — they reach the components through the ``rollout`` and ``control`` keys
-(``rollout_config`` and ``exit_rollout_status`` are the pure halves of that).
+config (``config.py``), Services, an optional managed Redis, and one Deployment per enabled component, once
+``validation.py`` finds nothing wrong. ExitRollouts and KillSwitches change no manifest — they reach the
+components through the ``rollout`` and ``control`` keys.
 The handlers apply them with server-side apply under one field manager; nothing here talks to a server,
 reads a clock or makes a random number, so the same input gives byte-identical output.
 
@@ -14,40 +14,22 @@ The paper-mode key pair lives in a Secret the handler creates once with random v
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantum_trader.contracts.control import Scope
-from quantum_trader.contracts.policy import (
-    ComponentSettings,
-    Mode,
-    PolicyError,
-    PolicySpec,
-    dump_policy,
-    parse_policy,
-)
-from quantum_trader.contracts.registry import COMPONENTS, check_wiring
-from quantum_trader.exits.rollout import SHADOW, RolloutConfig
+from quantum_trader.contracts.policy import Mode, PolicySpec
+from quantum_trader.contracts.registry import COMPONENTS
+from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
-from quantum_trader_operator.models import (
-    ExitRolloutSpec,
-    KillSwitchSpec,
-    ResourceError,
-    exit_rollout_spec,
-    kill_switch_spec,
-)
+from quantum_trader_operator.config import config_data, config_hash, matching_rollout
+from quantum_trader_operator.models import ExitRolloutSpec
+from quantum_trader_operator.validation import SINGLE_REPLICA, InvalidPolicy, checked_spec, validate_policy
 
 # Components that talk to the exchange and so get BINANCE_API_KEY/SECRET; every other pod runs without
 # credentials (least privilege, invariant 10). A component missing from here that needs them exits with
 # one clear SettingsError line instead of running half-configured.
 EXCHANGE_CLIENTS = frozenset({"apply-layer", "reconciler", "exchange-sim"})
-
-SINGLE_REPLICA = frozenset({"exchange-sim"})
-"""one simulated account lives in the simulator's memory: two replicas would be two diverging accounts"""
 
 EXECUTORS: tuple[str, ...] = tuple(name for name, spec in COMPONENTS.items() if spec.executor)
 
@@ -66,17 +48,16 @@ REDIS_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
 }
-RESOURCE_SECTIONS = frozenset({"requests", "limits"})
-REDIS_URL = re.compile(r"rediss?://[^@/]+(/[0-9]+)?")
-"""the CRD's CEL rule on redis.url (models.REDIS_URL_CEL), so validate_policy and admission agree"""
+MANAGED_REDIS_IMAGE = "redis:7.4-alpine@sha256:ff02b58f971e7d7d156a1267e283fcbbeee91773b6aa36c49dac28ecfe28eadf"
+"""the managed Redis: a tag can change content under a running StatefulSet; a digest cannot"""
 
 
 @dataclass(frozen=True, slots=True)
 class OperatorSettings:
     """Operator-wide settings (the chart sets them as environment variables of the operator)."""
 
-    redis_image: str = "redis:7.4-alpine"
-    """image of a managed Redis; pin it by digest in production (QT_OPERATOR_REDIS_IMAGE)"""
+    redis_image: str = MANAGED_REDIS_IMAGE
+    """image of a managed Redis, pinned by digest like every image the operator runs (QT_OPERATOR_REDIS_IMAGE)"""
     redis_storage: str | None = "1Gi"
     """PVC size of a managed Redis; None: an emptyDir (state lost with the pod) (QT_OPERATOR_REDIS_STORAGE)"""
     redis_storage_class: str | None = None
@@ -97,34 +78,12 @@ class OperatorSettings:
         )
 
 
-class InvalidPolicy(ValueError):
-    """A TradingPolicy that cannot be rendered; ``problems`` are the one-line messages for status."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = list(problems)
-
-
 # ---------------------------------------------------------------- small pure helpers
 
 
-def instance_id(namespace: str, policy: str) -> str:
-    """``<namespace>.<policy>``: the instance in every Redis key of the policy (DESIGN §3)."""
-    return n.instance_id(namespace, policy)
-
-
-def config_hash(data: Mapping[str, str]) -> str:
-    """``sha256:<hex>`` of a ConfigMap's data: the pod-template annotation that rolls pods on a config change.
-
-    Canonical JSON (sorted keys), so the hash depends on the content only, not on dict order.
-    """
-    text = json.dumps(dict(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _metadata(cr: Mapping[str, Any]) -> tuple[str, str]:
-    meta = cr.get("metadata") or {}
-    name, namespace = meta.get("name"), meta.get("namespace")
+def _identity(cr: Mapping[str, Any]) -> tuple[str, str]:
+    """(name, namespace) of a custom resource; both are needed for anything it becomes."""
+    name, namespace = kv.name(cr), kv.namespace(cr)
     if not name or not namespace:
         raise ValueError("a custom resource needs metadata.name and metadata.namespace")
     return name, namespace
@@ -132,7 +91,7 @@ def _metadata(cr: Mapping[str, Any]) -> tuple[str, str]:
 
 def owner_reference(policy_cr: Mapping[str, Any]) -> dict[str, Any]:
     """The controller reference every child carries: deleting the policy garbage-collects its children."""
-    meta = policy_cr.get("metadata") or {}
+    meta = kv.meta(policy_cr)
     if not meta.get("uid"):
         # Without the uid the reference is refused or, worse, dangles: a child that outlives its policy.
         raise ValueError("the TradingPolicy has no metadata.uid (render from the object the API server returned)")
@@ -149,7 +108,7 @@ def owner_reference(policy_cr: Mapping[str, Any]) -> dict[str, Any]:
 def _object_meta(
     policy_cr: Mapping[str, Any], name: str, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    _, namespace = _metadata(policy_cr)
+    _, namespace = _identity(policy_cr)
     meta: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
@@ -159,199 +118,6 @@ def _object_meta(
     if annotations:
         meta["annotations"] = dict(annotations)
     return meta
-
-
-# ---------------------------------------------------------------- validation
-
-
-def _service_names(policy: str, spec: PolicySpec) -> list[str]:
-    names = [n.metrics_service_name(policy)]
-    if spec.mode is Mode.PAPER:
-        names.append(n.exchange_sim_service_name(policy))
-    if spec.redis.managed:
-        names.append(n.redis_name(policy))
-    return names
-
-
-def _spec_problem(text: str) -> str:
-    """'risk: Value error, x' -> 'spec.risk: x'; '<root>: Value error, x' -> 'spec: x'."""
-    location, _, message = text.partition(": ")
-    message = message.removeprefix("Value error, ")
-    return f"spec: {message}" if location == "<root>" else f"spec.{location}: {message}"
-
-
-def validate_policy(cr: Mapping[str, Any]) -> list[str]:
-    """Every reason the TradingPolicy is Invalid, one line each; [] when it can be rendered and run.
-
-    The CRD's schema and CEL rules refuse most of these at admission; this is the same judgement for
-    objects admitted before a rule existed, or through a path that skips validation.
-    """
-    problems: list[str] = []
-    meta = cr.get("metadata") or {}
-    policy, namespace = meta.get("name") or "", meta.get("namespace") or ""
-    if not policy or not namespace:
-        problems.append("metadata.name and metadata.namespace are required")
-    try:
-        spec = parse_policy(cr.get("spec") or {})
-    except PolicyError as error:
-        return problems + [_spec_problem(part) for part in str(error).split("; ")]
-    if spec.image is None:
-        problems.append("spec.image is required: <repository>@sha256:<64 hex>")
-    if policy and namespace:
-        try:
-            n.instance_id(namespace, policy)
-        except ValueError as error:
-            problems.append(f"metadata: {error}")
-        for name in _service_names(policy, spec):
-            if len(name) > n.MAX_SERVICE_NAME:
-                problems.append(f"metadata.name: Service name {name!r} would exceed {n.MAX_SERVICE_NAME} characters")
-        if spec.redis.managed and len(n.redis_name(policy)) > n.MAX_STATEFULSET_NAME:
-            problems.append(
-                f"metadata.name: StatefulSet name {n.redis_name(policy)!r} would exceed "
-                f"{n.MAX_STATEFULSET_NAME} characters"
-            )
-    redis = spec.redis
-    if redis.managed == (redis.url is not None):
-        problems.append("spec.redis: set exactly one of url or managed: true")
-    if redis.url is not None and not REDIS_URL.fullmatch(redis.url):
-        if "@" in redis.url:
-            # The password belongs in a Secret; a URL with credentials would land in the ConfigMap and env.
-            problems.append("spec.redis.url: must not contain credentials; use passwordSecretRef")
-        else:
-            problems.append("spec.redis.url: must be redis://host:port[/db] or rediss://host:port[/db]")
-    enabled = spec.enabled_components()
-    report = check_wiring(enabled)
-    if not report.valid:
-        problems.append(f"spec.components: wiring: {report.describe()}")
-    for name, settings in spec.components.items():
-        if name in SINGLE_REPLICA and name in enabled and settings.replicas > 1:
-            problems.append(f"spec.components.{name}.replicas: at most 1 (one simulated account per policy)")
-        unknown = sorted(set(settings.resources or {}) - RESOURCE_SECTIONS)
-        if unknown:
-            problems.append(f"spec.components.{name}.resources: only requests and limits, not {', '.join(unknown)}")
-    return problems
-
-
-def _checked_spec(policy_cr: Mapping[str, Any]) -> PolicySpec:
-    problems = validate_policy(policy_cr)
-    if problems:
-        raise InvalidPolicy(problems)
-    return parse_policy(policy_cr.get("spec") or {})
-
-
-# ---------------------------------------------------------------- config
-
-
-def _as_exit_rollout(exit_rollout: Mapping[str, Any] | ExitRolloutSpec | None) -> ExitRolloutSpec | None:
-    """The spec of an ExitRollout given as an object, a bare spec mapping, or a model."""
-    if exit_rollout is None or isinstance(exit_rollout, ExitRolloutSpec):
-        return exit_rollout
-    return exit_rollout_spec(exit_rollout if "spec" in exit_rollout else {"spec": exit_rollout})
-
-
-def _as_kill_switch(kill_switch: Mapping[str, Any] | KillSwitchSpec | None) -> KillSwitchSpec | None:
-    if kill_switch is None or isinstance(kill_switch, KillSwitchSpec):
-        return kill_switch
-    return kill_switch_spec(kill_switch if "spec" in kill_switch else {"spec": kill_switch})
-
-
-def runtime_spec(spec: PolicySpec) -> PolicySpec:
-    """The policy as components read it from QT_CONFIG: the spec, minus what only Kubernetes uses.
-
-    ``components`` keeps only the disabled ones (components need ``enabled`` for the wiring they expect);
-    replicas and resources live on the Deployments. Were they in the config, scaling one component would
-    change the config hash and restart every pod of the policy (with entries halted for the rollout).
-    """
-    disabled = {name: ComponentSettings(enabled=False) for name, own in spec.components.items() if not own.enabled}
-    return spec.model_copy(update={"components": disabled})
-
-
-def _matching_rollout(policy: str, exit_rollout: Mapping[str, Any] | ExitRolloutSpec | None) -> ExitRolloutSpec | None:
-    rollout = _as_exit_rollout(exit_rollout)
-    if rollout is not None and rollout.policy_ref.name != policy:
-        raise ValueError(f"ExitRollout targets policy {rollout.policy_ref.name!r}, not {policy!r}")
-    return rollout
-
-
-def config_data(policy_cr: Mapping[str, Any]) -> dict[str, str]:
-    """The ConfigMap's data: ``config.yaml`` = ``dump_policy(runtime_spec(spec))``, every default resolved.
-
-    The ExitRollout is deliberately not in it: exit-brain reads the ``rollout`` hash every few seconds
-    (:func:`rollout_config` is what the handler writes there), so a rollout step changes no pod; in the
-    ConfigMap it would change the config hash and restart every component for each step of a ramp.
-    The policy's own ``exits`` stay as exit-brain's fallback when the hash is missing.
-
-    It holds Secret *references* (exchangeSecretRef, redis.passwordSecretRef) because the components
-    validate the same PolicySpec (live mode needs exchangeSecretRef); never a credential value.
-    """
-    _metadata(policy_cr)
-    return _config_data(_checked_spec(policy_cr))
-
-
-def _config_data(spec: PolicySpec) -> dict[str, str]:
-    return {n.CONFIG_KEY: dump_policy(runtime_spec(spec))}
-
-
-def rollout_config(spec: PolicySpec, exit_rollout: Mapping[str, Any] | ExitRolloutSpec | None = None) -> RolloutConfig:
-    """The rollout the handler writes to the instance's ``rollout`` hash (``RolloutConfig.to_hash()``).
-
-    The ExitRollout when there is one (it outranks the policy's ``exits``), else the policy's ``exits``.
-    exit-brain re-reads the hash every few seconds, so no pod restarts for a rollout step.
-    """
-    rollout = _as_exit_rollout(exit_rollout)
-    if rollout is None:  # no ExitRollout: the policy's own exits settings
-        exits = spec.exits
-        return RolloutConfig(
-            mode=exits.mode,
-            percent=exits.rollout_percent,
-            pinned_live=tuple(exits.pinned_live),
-            pinned_shadow=tuple(exits.pinned_shadow),
-            source="policy",
-        )
-    return _from_exit_rollout(rollout)
-
-
-def _from_exit_rollout(rollout: ExitRolloutSpec) -> RolloutConfig:
-    return RolloutConfig(
-        mode=rollout.mode,
-        percent=rollout.percent,
-        pinned_live=tuple(rollout.pinned_live),
-        pinned_shadow=tuple(rollout.pinned_shadow),
-        source="exitrollout",
-    )
-
-
-def exit_rollout_status(
-    spec: Mapping[str, Any] | ExitRolloutSpec,
-    symbols: Iterable[str],
-    *,
-    kill_switch: Mapping[str, Any] | KillSwitchSpec | None = None,
-) -> dict[str, Any]:
-    """The ExitRollout's status: ``{liveSymbols, shadowSymbols, effectiveMode, live}`` (DESIGN §5).
-
-    ``spec`` is the ExitRollout (object, bare spec or model). The split is exits/rollout.py's stable-hash
-    rule, the one exit-brain applies. ``kill_switch`` is the switch in effect (None: released); scope exits
-    or all outranks the rollout (KILL > MODE > ROLLOUT) and puts every symbol in SHADOW.
-    """
-    rollout = _as_exit_rollout(spec)
-    assert rollout is not None
-    switch = _as_kill_switch(kill_switch)
-    config = _from_exit_rollout(rollout)
-    names = list(dict.fromkeys(symbols))
-    forced_shadow = switch is not None and switch.engaged and switch.scope in (Scope.EXITS, Scope.ALL)
-    if forced_shadow:
-        live: tuple[str, ...] = ()
-        shadow = tuple(names)
-        effective = SHADOW
-    else:
-        live, shadow = config.split(names)
-        effective = config.mode
-    return {
-        "liveSymbols": list(live),
-        "shadowSymbols": list(shadow),
-        "effectiveMode": effective,
-        "live": f"{len(live)}/{len(names)}",
-    }
 
 
 # ---------------------------------------------------------------- containers
@@ -440,7 +206,7 @@ def _component_deployment(
     settings: OperatorSettings,
     data_hash: str,
 ) -> dict[str, Any]:
-    policy, namespace = _metadata(policy_cr)
+    policy, namespace = _identity(policy_cr)
     assert spec.image is not None
     digest = n.image_digest(spec.image)
     own = spec.components.get(component)
@@ -519,7 +285,7 @@ def _component_deployment(
 
 
 def _config_map(policy_cr: Mapping[str, Any], data: Mapping[str, str]) -> dict[str, Any]:
-    policy, _ = _metadata(policy_cr)
+    policy, _ = _identity(policy_cr)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -537,7 +303,7 @@ def _service(
     port_name: str,
     annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    policy, _ = _metadata(policy_cr)
+    policy, _ = _identity(policy_cr)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -551,7 +317,7 @@ def _service(
 
 
 def _redis_objects(policy_cr: Mapping[str, Any], spec: PolicySpec, settings: OperatorSettings) -> list[dict]:
-    policy, _ = _metadata(policy_cr)
+    policy, _ = _identity(policy_cr)
     name = n.redis_name(policy)
     labels = n.component_labels(policy, n.REDIS_COMPONENT, n.ROLE_REDIS)
     args = [
@@ -640,7 +406,7 @@ def paper_credentials_secret(policy_cr: Mapping[str, Any], *, api_key: str, api_
     Not part of :func:`desired_objects`: desired objects are re-applied on every reconcile and would rotate
     the pair; this one is created when absent and then left alone (immutable).
     """
-    policy, _ = _metadata(policy_cr)
+    policy, _ = _identity(policy_cr)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -653,18 +419,10 @@ def paper_credentials_secret(policy_cr: Mapping[str, Any], *, api_key: str, api_
     }
 
 
-def paper_credentials_secret_name(policy: str) -> str:
-    return n.paper_credentials_secret_name(policy)
-
-
-# ---------------------------------------------------------------- the whole set
-
-
 def desired_objects(
     policy_cr: Mapping[str, Any],
     *,
     exit_rollout: Mapping[str, Any] | ExitRolloutSpec | None = None,
-    kill_switch: Mapping[str, Any] | KillSwitchSpec | None = None,
     settings: OperatorSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Every object a TradingPolicy should have, as plain manifests in a stable order.
@@ -674,20 +432,18 @@ def desired_objects(
     one Deployment ``<policy>-<component>`` per enabled component in registry order (exchange-sim only in
     paper mode). Apply them in :func:`rollout_order`.
 
-    ``exit_rollout`` and ``kill_switch`` are accepted so the handler passes every related resource the same
-    way, but neither changes a manifest: they travel through the ``rollout`` and ``control`` keys, so a
-    rollout step or a kill switch restarts nothing. An ExitRollout of another policy is still an error.
+    ``exit_rollout`` changes no manifest (it travels through the ``rollout`` hash, so a rollout step restarts
+    nothing, and neither does a kill switch through ``control``); an ExitRollout of another policy is an error.
 
     Raises :class:`InvalidPolicy` (with every problem) when :func:`validate_policy` finds any, and
     ``ValueError`` for an object without name, namespace or uid, or an ExitRollout of another policy.
     """
     settings = settings or OperatorSettings()
-    policy, _ = _metadata(policy_cr)
-    spec = _checked_spec(policy_cr)
+    policy, _ = _identity(policy_cr)
+    spec = checked_spec(policy_cr)
     owner_reference(policy_cr)  # fail before building anything when the uid is missing
-    _matching_rollout(policy, exit_rollout)
-    _as_kill_switch(kill_switch)  # by design no effect on manifests (see the docstring); still checked
-    data = _config_data(spec)
+    matching_rollout(policy, exit_rollout)
+    data = config_data(policy_cr)
     data_hash = config_hash(data)
     objects: list[dict[str, Any]] = [_config_map(policy_cr, data)]
     objects.append(
@@ -719,10 +475,6 @@ def desired_objects(
     return objects
 
 
-def component_of(obj: Mapping[str, Any]) -> str:
-    return ((obj.get("metadata") or {}).get("labels") or {}).get(n.LABEL_COMPONENT, "")
-
-
 def rollout_order(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The order to apply objects in during a rollout (DESIGN §5 "executor path updated last").
 
@@ -735,7 +487,7 @@ def rollout_order(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any
 
     def key(item: tuple[int, Mapping[str, Any]]) -> tuple[int, int, int]:
         index, obj = item
-        component = component_of(obj)
+        component = kv.component(obj)
         if obj.get("kind") != "Deployment":
             return (0 if obj.get("kind") != "StatefulSet" else 1, 0, index)
         if component in executors_downstream_first:
@@ -749,20 +501,12 @@ __all__ = [
     "DEFAULT_RESOURCES",
     "EXCHANGE_CLIENTS",
     "EXECUTORS",
+    "MANAGED_REDIS_IMAGE",
     "InvalidPolicy",
     "OperatorSettings",
-    "ResourceError",
-    "component_of",
-    "config_data",
-    "config_hash",
     "desired_objects",
-    "exit_rollout_status",
-    "instance_id",
     "owner_reference",
     "paper_credentials_secret",
-    "paper_credentials_secret_name",
-    "rollout_config",
     "rollout_order",
-    "runtime_spec",
     "validate_policy",
 ]

@@ -20,19 +20,14 @@ from typing import Any
 
 from quantum_trader.contracts.heartbeat import HeartbeatRecord
 from quantum_trader.contracts.registry import COMPONENTS
+from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming
+from quantum_trader_operator.ownership import ForeignField, foreign_fields
 
 # The spellings desired.py writes (one module, so writer and checker cannot disagree).
 COMPONENT_LABEL = naming.LABEL_COMPONENT
 CONFIG_HASH_ANNOTATION = naming.CONFIG_HASH_ANNOTATION
 IMAGE_DIGEST_ANNOTATION = naming.IMAGE_DIGEST_ANNOTATION
-
-# Controllers that write to our children as part of normal operation. Their writes land in status (a
-# subresource) or metadata, never in spec/data, so they would not be flagged anyway; naming them keeps a
-# future controller-side change (e.g. a field moved into spec) from triggering an automatic kill switch.
-SYSTEM_MANAGERS = frozenset({"kube-controller-manager", "kubelet"})
-# Top-level fields a person or tool changes when it edits what a child runs.
-OWNED_TOP_LEVEL_FIELDS = ("f:spec", "f:data", "f:binaryData")
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -57,7 +52,8 @@ class DriftKind(StrEnum):
     IMAGE_ANNOTATION = "imageAnnotation"
     """a pod template's image-digest annotation is not the policy's digest"""
     FIELD_MANAGER = "fieldManager"
-    """someone other than the operator wrote a child's spec or data"""
+    """someone other than the operator owns a field of a child's spec, data, labels or annotations that the
+    policy does not render (``ownership.py``)"""
 
 
 _KIND_ORDER = {kind: index for index, kind in enumerate(DriftKind)}
@@ -99,6 +95,9 @@ class ExpectedState:
     model_digest: str = ""
     field_manager: str = ""
     """the operator's server-side-apply field manager"""
+    manifests: Mapping[tuple[str, str], Mapping[str, Any]] | None = None
+    """(kind, name) -> the desired manifest, for telling a foreign field from one the policy sets; None:
+    every field another manager owns counts"""
     ignore_containers: frozenset[str] = frozenset()
     """containers injected by others (a service-mesh sidecar) whose images are not the policy's"""
     rolling_from: frozenset[str] = frozenset()
@@ -131,27 +130,6 @@ def digest_of(reference: str) -> str:
     return found[-1] if found else ""
 
 
-def _name(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
-
-
-def _component(obj: Mapping[str, Any]) -> str:
-    return str(((obj.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL, ""))
-
-
-def _ref(obj: Mapping[str, Any], default_kind: str) -> str:
-    return f"{obj.get('kind') or default_kind}/{_name(obj)}"
-
-
-def _pod_template_spec(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
-    return ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
-
-
-def _pod_template_annotations(deployment: Mapping[str, Any]) -> Mapping[str, str]:
-    template = (deployment.get("spec") or {}).get("template") or {}
-    return (template.get("metadata") or {}).get("annotations") or {}
-
-
 def deployment_image(
     deployment: Mapping[str, Any], expected_image: str, ignore_containers: Collection[str] = ()
 ) -> list[DriftFinding]:
@@ -160,7 +138,7 @@ def deployment_image(
     The comparison is on the whole reference, not only the digest: desired.py writes the policy's string
     verbatim, so any other string — a tag, another registry — was written by someone else.
     """
-    spec = _pod_template_spec(deployment)
+    spec = kv.pod_template_spec(deployment)
     findings = []
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         name = container.get("name", "")
@@ -170,11 +148,11 @@ def deployment_image(
         findings.append(
             DriftFinding(
                 DriftKind.IMAGE,
-                _component(deployment),
-                _ref(deployment, "Deployment"),
+                kv.component(deployment),
+                kv.ref(deployment, "Deployment"),
                 expected_image,
                 image,
-                f"{_ref(deployment, 'Deployment')} container {name} runs {image or '(no image)'}, "
+                f"{kv.ref(deployment, 'Deployment')} container {name} runs {image or '(no image)'}, "
                 f"policy image is {expected_image}",
             )
         )
@@ -208,11 +186,12 @@ def pod_image_ids(
             findings.append(
                 DriftFinding(
                     DriftKind.IMAGE_ID,
-                    _component(pod),
-                    _ref(pod, "Pod"),
+                    kv.component(pod),
+                    kv.ref(pod, "Pod"),
                     expected,
                     actual or image_id,
-                    f"{_ref(pod, 'Pod')} container {name} runs image {actual or image_id}, policy digest is {expected}",
+                    f"{kv.ref(pod, 'Pod')} container {name} runs image {actual or image_id}, "
+                    f"policy digest is {expected}",
                 )
             )
     return findings
@@ -298,11 +277,11 @@ def config_edited(configmap: Mapping[str, Any] | None, expected_data: Mapping[st
         parts.append("removed " + ", ".join(removed))
     if added or added_binary:
         parts.append("added " + ", ".join([*added, *added_binary]))
-    ref = _ref(configmap, "ConfigMap")
+    ref = kv.ref(configmap, "ConfigMap")
     return [
         DriftFinding(
             DriftKind.CONFIG,
-            _component(configmap),
+            kv.component(configmap),
             ref,
             _data_hash(expected_data),
             _data_hash(actual, configmap.get("binaryData")),
@@ -311,35 +290,30 @@ def config_edited(configmap: Mapping[str, Any] | None, expected_data: Mapping[st
     ]
 
 
-def foreign_field_manager(obj: Mapping[str, Any], our_manager: str) -> list[DriftFinding]:
-    """Nobody but the operator's field manager has written the object's spec or data.
+def foreign_field_manager(
+    obj: Mapping[str, Any], our_manager: str, desired: Mapping[str, Any] | None = None
+) -> list[DriftFinding]:
+    """Nobody but the operator's field manager owns a field of the object's spec, data, labels or annotations
+    that the desired manifest does not set the same way (``ownership.foreign_fields``). One finding per manager.
 
-    ``metadata.managedFields`` records who set which fields. Status writes (``subresource: status``) and the
-    controllers in ``SYSTEM_MANAGERS`` are normal. Any other manager owning part of ``spec``/``data`` means a
-    ``kubectl edit``/``patch``/``scale``/``rollout restart`` went around the policy. One finding per manager.
+    ``kubectl edit``/``patch``/``scale``/``set env``/``label``/``rollout restart`` all show up here; status
+    writes and the system controllers do not. ``desired`` None: every foreign field counts.
     """
-    foreign: dict[str, Mapping[str, Any]] = {}
-    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
-        manager = entry.get("manager", "")
-        if manager == our_manager or manager in SYSTEM_MANAGERS or entry.get("subresource") == "status":
-            continue
-        fields = entry.get("fieldsV1") or {}
-        if any(top in fields for top in OWNED_TOP_LEVEL_FIELDS):
-            foreign.setdefault(manager, entry)
-    ref = _ref(obj, "Object")
+    by_manager: dict[str, list[ForeignField]] = {}
+    for found in foreign_fields(obj, desired, our_manager):
+        by_manager.setdefault(found.manager, []).append(found)
+    ref = kv.ref(obj)
     findings = []
-    for manager, entry in sorted(foreign.items()):
-        touched = ", ".join(t.removeprefix("f:") for t in OWNED_TOP_LEVEL_FIELDS if t in (entry.get("fieldsV1") or {}))
-        via = f" via /{entry['subresource']}" if entry.get("subresource") else ""
+    for manager, fields in sorted(by_manager.items()):
+        paths = ", ".join(f.path for f in fields[:3]) + (f" (+{len(fields) - 3} more)" if len(fields) > 3 else "")
         findings.append(
             DriftFinding(
                 DriftKind.FIELD_MANAGER,
-                _component(obj),
+                kv.component(obj),
                 ref,
                 our_manager,
                 manager or "(unnamed)",
-                f"{ref} {touched} written by {manager or '(unnamed manager)'} "
-                f"({entry.get('operation', '?')}{via} at {entry.get('time', '?')}), not by {our_manager}",
+                f"{ref} {paths} written by {fields[0].written_by}, not by {our_manager}",
             )
         )
     return findings
@@ -353,15 +327,15 @@ def pod_template_annotations(
     These annotations are what makes a config or image change roll the pods; a template without them would
     keep running an old config while looking up to date.
     """
-    annotations = _pod_template_annotations(deployment)
-    ref = _ref(deployment, "Deployment")
+    annotations = kv.template_annotations(deployment)
+    ref = kv.ref(deployment, "Deployment")
     findings = []
     actual_hash = annotations.get(CONFIG_HASH_ANNOTATION, "")
     if expected_config_hash and actual_hash != expected_config_hash:
         findings.append(
             DriftFinding(
                 DriftKind.CONFIG_HASH,
-                _component(deployment),
+                kv.component(deployment),
                 ref,
                 expected_config_hash,
                 actual_hash,
@@ -376,7 +350,7 @@ def pod_template_annotations(
         findings.append(
             DriftFinding(
                 DriftKind.IMAGE_ANNOTATION,
-                _component(deployment),
+                kv.component(deployment),
                 ref,
                 expected,
                 actual_digest,
@@ -410,7 +384,8 @@ def detect_drift(observed: ObservedState, expected: ExpectedState) -> list[Drift
     if expected.field_manager:
         children = [*deployments, *([observed.configmap] if observed.configmap is not None else [])]
         for child in children:
-            findings += foreign_field_manager(child, expected.field_manager)
+            desired = None if expected.manifests is None else expected.manifests.get(kv.key(child))
+            findings += foreign_field_manager(child, expected.field_manager, desired)
     # The same evidence can arrive twice (a pod listed by two watches); one finding per fact.
     return sorted(set(findings), key=_sort_key)
 
@@ -418,13 +393,13 @@ def detect_drift(observed: ObservedState, expected: ExpectedState) -> list[Drift
 def _component_workloads(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     # Only trading components run the policy image. A policy's other workloads (the managed Redis runs the
     # Redis image) share its labels, so a handler listing by policy label would otherwise report them as drift.
-    return [o for o in objects if _component(o) in COMPONENTS]
+    return [o for o in objects if kv.component(o) in COMPONENTS]
 
 
 def _live_pods(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     # A terminating pod of the previous ReplicaSet still reports the old imageID during every rollout;
     # it is on its way out, so it is not drift.
-    return [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    return [p for p in pods if not kv.terminating(p)]
 
 
 def summarize(findings: list[DriftFinding]) -> str:

@@ -5,11 +5,13 @@
 Health is the worst level among the findings, in this precedence::
 
     Invalid      the spec has problems, or the wiring leaves a consumed stream without a producer
-    Halted       a kill switch is engaged (any scope), an automatic halt is raised, or control is unreadable
+    Halted       a kill switch is engaged (any scope), an automatic halt other than the rollout's is raised (the
+                 reconciler's, the operator's drift halt), or control is unreadable
     Degraded     a component crash-loops, cannot pull or start, is unavailable after its rollout, stopped
                  heartbeating, stalled on its input, keeps messages pending, dead-letters, drifted, or the
                  exchange was not reconciled recently
-    Progressing  Deployments are being created or rolled out, and nothing above is wrong
+    Progressing  Deployments are being created or rolled out — the operator's own rollout halt included: it
+                 is part of every safe rollout, not a kill switch — and nothing above is wrong
     Healthy      none of the above
 
 Each finding carries a CamelCase reason and a one-line message that names the component and what to look at
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 from quantum_trader.contracts.control import ControlState, parse_control
 from quantum_trader.contracts.heartbeat import HeartbeatRecord
 from quantum_trader.contracts.registry import COMPONENTS, DLQ_SUFFIX, WiringReport, check_wiring
+from quantum_trader_operator import naming as n
 from quantum_trader_operator.conditions import Condition, condition
 from quantum_trader_operator.drift import COMPONENT_LABEL, DriftFinding, model_findings, summarize
 from quantum_trader_operator.wiring import WIRING_REASONS, condition_for_report
@@ -65,6 +68,8 @@ class Reason(StrEnum):
     PENDING_HIGH = "PendingHigh"
     DEAD_LETTER_GROWING = "DeadLetterGrowing"
     RECONCILE_STALE = "ReconcileStale"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    """the operator's ``operator:rollout`` halt: entries wait while a new digest or config rolls out"""
     DEPLOYMENT_PENDING = "DeploymentPending"
     COMPONENTS_NOT_READY = "ComponentsNotReady"
     ROLLING_OUT = "RollingOut"
@@ -90,6 +95,7 @@ REASON_LEVEL: dict[Reason, Health] = {
     Reason.PENDING_HIGH: Health.DEGRADED,
     Reason.DEAD_LETTER_GROWING: Health.DEGRADED,
     Reason.RECONCILE_STALE: Health.DEGRADED,
+    Reason.ROLLOUT_IN_PROGRESS: Health.PROGRESSING,
     Reason.DEPLOYMENT_PENDING: Health.PROGRESSING,
     Reason.COMPONENTS_NOT_READY: Health.PROGRESSING,
     Reason.ROLLING_OUT: Health.PROGRESSING,
@@ -103,6 +109,7 @@ IMAGE_CONSISTENT = "ImageConsistent"
 WIRING_VALID = "WiringValid"
 MODEL_CONSISTENT = "ModelConsistent"
 KILL_SWITCH = "KillSwitchEngaged"
+ROLLOUT = "RolloutInProgress"
 EXCHANGE_RECONCILED = "ExchangeReconciled"
 
 CONDITION_REASONS: dict[str, frozenset[str]] = {
@@ -111,6 +118,7 @@ CONDITION_REASONS: dict[str, frozenset[str]] = {
     WIRING_VALID: WIRING_REASONS,
     MODEL_CONSISTENT: frozenset({"ModelMatchesPolicy", "ModelDrift", "ModelNotReported", "NoModelConfigured"}),
     KILL_SWITCH: frozenset({"Released", "Engaged", "AutomaticHalt", "ControlUnavailable"}),
+    ROLLOUT: frozenset({"RollingOut", "NoRollout"}),
     EXCHANGE_RECONCILED: frozenset(
         {"PositionsMatched", "PositionsMismatch", "ReconcileStale", "NotReconciledYet", "ReconcilerDisabled"}
     ),
@@ -620,21 +628,32 @@ def _assess_dead_letters(work: _Assessment) -> None:
             work.add(Reason.DEAD_LETTER_GROWING, "", f"{name} grew from {before} to {length} since the last check")
 
 
-def _assess_control(work: _Assessment, control: ControlState) -> Condition:
+def _assess_control(work: _Assessment, control: ControlState) -> tuple[Condition, Condition]:
+    """KillSwitchEngaged and RolloutInProgress. The operator's rollout halt stops entries like any halt, but it
+    is the normal course of a rollout, so it is reported as one (Progressing), never as a kill switch."""
     generation = work.inputs.generation
+    rollout_prefix = f"{n.ROLLOUT_HALT}: "
+    rolling = [h.removeprefix(rollout_prefix) for h in control.halts if h.startswith(rollout_prefix)]
+    halts = tuple(h for h in control.halts if not h.startswith(rollout_prefix))
+    if rolling:
+        work.add(Reason.ROLLOUT_IN_PROGRESS, "", f"entries wait for the rollout: {rolling[0]}")
+        rollout = condition(ROLLOUT, True, "RollingOut", rolling[0], generation)
+    else:
+        rollout = condition(ROLLOUT, False, "NoRollout", "no rollout in progress", generation)
     if _is_fail_closed(control):
         message = f"control unavailable, halted (fail closed): {control.reason}"
         work.add(Reason.CONTROL_UNAVAILABLE, "", message)
-        return condition(KILL_SWITCH, True, "ControlUnavailable", message, generation)
+        return condition(KILL_SWITCH, True, "ControlUnavailable", message, generation), rollout
+    described = replace(control, halts=halts).describe()
     if control.engaged:
-        work.add(Reason.KILL_SWITCH_ENGAGED, "", f"kill switch {control.describe()}")
-    if control.halts:
-        work.add(Reason.AUTOMATIC_HALT, "", "entries halted automatically: " + "; ".join(control.halts))
+        work.add(Reason.KILL_SWITCH_ENGAGED, "", f"kill switch {described}")
+    if halts:
+        work.add(Reason.AUTOMATIC_HALT, "", "entries halted automatically: " + "; ".join(halts))
     if control.engaged:
-        return condition(KILL_SWITCH, True, "Engaged", control.describe(), generation)
-    if control.halts:
-        return condition(KILL_SWITCH, True, "AutomaticHalt", control.describe(), generation)
-    return condition(KILL_SWITCH, False, "Released", control.describe(), generation)
+        return condition(KILL_SWITCH, True, "Engaged", described, generation), rollout
+    if halts:
+        return condition(KILL_SWITCH, True, "AutomaticHalt", described, generation), rollout
+    return condition(KILL_SWITCH, False, "Released", described, generation), rollout
 
 
 def _assess_reconcile(work: _Assessment, reconciler_beats: list[HeartbeatRecord]) -> Condition:
@@ -726,7 +745,7 @@ def assess(observed: HealthInputs) -> HealthReport:
         work.add(Reason.WIRING_INVALID, "", wiring_condition.message)
 
     control = _resolve_control(observed)
-    kill_switch_condition = _assess_control(work, control)
+    kill_switch_condition, rollout_condition = _assess_control(work, control)
 
     enabled_set = set(enabled)
     deployments = {_component_of(d): d for d in observed.deployments if _component_of(d) in enabled_set}
@@ -795,8 +814,8 @@ def assess(observed: HealthInputs) -> HealthReport:
         health, reason = top.level, top.reason.value
         message = top.message
         shown = 1
-        # Rollouts run halted (an automatic entries kill switch), so Halted leads exactly when a new pod is most
-        # likely to crash: name the first Degraded finding too, so the crash reason is in status (§6).
+        # A kill switch or an automatic halt leads with Halted, possibly exactly when a new pod crashes: name the
+        # first Degraded finding too, so the crash reason is in status (§6).
         broken = next((f for f in findings if f.level is Health.DEGRADED), None)
         if broken is not None and top.level is not Health.DEGRADED:
             message += f"; {broken.message}"
@@ -812,6 +831,7 @@ def assess(observed: HealthInputs) -> HealthReport:
         wiring_condition,
         _model_condition(observed, [b for bs in beats.values() for b in bs]),
         kill_switch_condition,
+        rollout_condition,
         reconcile_condition,
     ]
     summary: dict[str, Any] = {

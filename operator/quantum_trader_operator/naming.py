@@ -30,6 +30,13 @@ components only (a selector cannot say "not redis", so the role is a positive la
 ROLE_COMPONENT = "component"
 ROLE_REDIS = "redis"
 
+ROLLOUT_HALT = "operator:rollout"
+"""the operator's automatic entries halt while a new digest or config rolls out (a field of ``halts``)"""
+DRIFT_HALT = "operator:drift"
+"""the operator's automatic entries halt while a child differs from the policy"""
+OPERATOR_HALTS = (ROLLOUT_HALT, DRIFT_HALT)
+"""the only ``halts`` fields the operator ever raises or clears; the reconciler's and a person's are never touched"""
+
 CONFIG_HASH_ANNOTATION = "quantumtrader.io/config-hash"
 IMAGE_DIGEST_ANNOTATION = "quantumtrader.io/image-digest"
 

@@ -10,26 +10,22 @@ from typing import Any
 import pytest
 import yaml
 
+from quantum_trader.contracts.control import parse_control
 from quantum_trader.contracts.policy import PolicySpec, parse_policy
 from quantum_trader.contracts.registry import COMPONENTS
 from quantum_trader.exits.rollout import split_symbols
 from quantum_trader_operator import naming as n
+from quantum_trader_operator.config import config_data, config_hash, exit_rollout_status, rollout_config, runtime_spec
 from quantum_trader_operator.desired import (
     EXCHANGE_CLIENTS,
-    InvalidPolicy,
+    MANAGED_REDIS_IMAGE,
     OperatorSettings,
-    config_data,
-    config_hash,
     desired_objects,
-    exit_rollout_status,
-    instance_id,
     paper_credentials_secret,
-    paper_credentials_secret_name,
-    rollout_config,
     rollout_order,
-    runtime_spec,
-    validate_policy,
 )
+from quantum_trader_operator.naming import instance_id, paper_credentials_secret_name
+from quantum_trader_operator.validation import InvalidPolicy, validate_policy
 
 DIGEST = "sha256:" + "5f1f2a8f0c9e4a3b" * 4
 IMAGE = f"ghcr.io/quantum-trader/quantum-trader@{DIGEST}"
@@ -176,6 +172,9 @@ def test_managed_redis_shape() -> None:
 
     ephemeral = by_kind(desired_objects(policy(), settings=OperatorSettings(redis_storage=None)), "StatefulSet")
     assert "volumeClaimTemplates" not in ephemeral["alpha-redis"]["spec"]
+    # By default the managed Redis is pinned by digest, like the policy's own image.
+    (default_box,) = ephemeral["alpha-redis"]["spec"]["template"]["spec"]["containers"]
+    assert default_box["image"] == MANAGED_REDIS_IMAGE and n.image_digest(MANAGED_REDIS_IMAGE)
     volumes = {v["name"]: v for v in ephemeral["alpha-redis"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["data"] == {"name": "data", "emptyDir": {}}
 
@@ -429,7 +428,6 @@ def _changed(cr: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 ROLLOUT = {"kind": "ExitRollout", "spec": {"policyRef": {"name": "alpha"}, "mode": "LIVE", "percent": 50}}
-SWITCH = {"kind": "KillSwitch", "spec": {"policyRef": {"name": "alpha"}, "scope": "all", "reason": "test"}}
 
 
 @pytest.mark.parametrize(
@@ -467,7 +465,7 @@ def test_config_hash_stays_for_what_components_do_not_read(path: str, value: Any
 def test_rollouts_and_kill_switches_change_no_manifest() -> None:
     # They travel through the rollout and control keys: a ramp step or a halt restarts nothing.
     plain = desired_objects(policy())
-    assert desired_objects(policy(), exit_rollout=ROLLOUT, kill_switch=SWITCH) == plain
+    assert desired_objects(policy(), exit_rollout=ROLLOUT) == plain
 
 
 def test_an_exit_rollout_of_another_policy_is_an_error() -> None:
@@ -604,12 +602,14 @@ def test_exit_rollout_status_uses_the_exit_brain_rule(spec: dict[str, Any]) -> N
 @pytest.mark.parametrize(("scope", "forced"), [("entries", False), ("exits", True), ("all", True)])
 def test_kill_switch_outranks_the_rollout(scope: str, forced: bool) -> None:
     spec = {"policyRef": {"name": "alpha"}, "mode": "LIVE", "percent": 100}
-    switch = {"spec": {"policyRef": {"name": "alpha"}, "scope": scope, "reason": "test"}}
-    status = exit_rollout_status(spec, SYMBOLS, kill_switch=switch)
+    engaged = parse_control({"state": "engaged", "scope": scope, "generation": "4", "reason": "test"})
+    status = exit_rollout_status(spec, SYMBOLS, control=engaged)
     assert status["effectiveMode"] == ("SHADOW" if forced else "LIVE")
     assert status["liveSymbols"] == ([] if forced else SYMBOLS)
-    released = {"spec": {**switch["spec"], "engaged": False}}
-    assert exit_rollout_status(spec, SYMBOLS, kill_switch=released)["liveSymbols"] == SYMBOLS
+    released = parse_control({"state": "released", "generation": "5"})
+    assert exit_rollout_status(spec, SYMBOLS, control=released)["liveSymbols"] == SYMBOLS
+    # Control that cannot be read fails closed: every symbol SHADOW.
+    assert exit_rollout_status(spec, SYMBOLS, control=parse_control(None))["liveSymbols"] == []
 
 
 def test_rollout_config_for_the_rollout_hash() -> None:

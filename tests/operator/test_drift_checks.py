@@ -11,6 +11,7 @@ import pytest
 
 from quantum_trader.bus.heartbeat import HeartbeatRecord
 from quantum_trader_operator.drift import (
+    COMPONENT_LABEL,
     CONFIG_HASH_ANNOTATION,
     IMAGE_DIGEST_ANNOTATION,
     DriftFinding,
@@ -348,11 +349,17 @@ def test_config_edited(cm, fragments):
         ([managed("kubectl-edit", "Update", "f:status", subresource="status")], []),
         # a status write is a status write, whatever its field set claims
         ([managed("some-controller", "Update", "f:status", "f:spec", subresource="status")], []),
-        ([managed("kubectl-label", "Update", "f:metadata")], []),  # a label is not what runs
+        ([managed("kubectl", "Update", "f:metadata")], []),  # metadata beyond labels/annotations: bookkeeping
+        # a label or annotation nobody desired is someone's edit, and the repair removes it
+        (
+            [{**managed("kubectl-label"), "fieldsV1": {"f:metadata": {"f:labels": {f"f:{COMPONENT_LABEL}": {}}}}}],
+            ["kubectl-label"],
+        ),
         ([managed("kubectl-edit", "Update", "f:spec")], ["kubectl-edit"]),
         ([managed("kubectl", "Apply", "f:spec")], ["kubectl"]),
-        ([managed("kubectl-client-side-apply", "Update", "f:data")], ["kubectl-client-side-apply"]),
-        ([managed("kubectl-patch", "Update", "f:binaryData")], ["kubectl-patch"]),
+        # fields the object does not have (a Deployment has no data): nothing there to repair
+        ([managed("kubectl-client-side-apply", "Update", "f:data")], []),
+        ([managed("kubectl-patch", "Update", "f:binaryData")], []),
         ([managed("kubectl", "Update", "f:spec", subresource="scale")], ["kubectl"]),
         (
             [managed("kubectl-rollout", "Update", "f:spec"), managed("argocd", "Apply", "f:spec")],
@@ -376,7 +383,7 @@ def test_foreign_field_manager_message_says_what_how_and_when():
         deployment(managed_fields=[managed("kubectl", "Update", "f:spec", subresource="scale")]), MANAGER
     )
     assert finding.message == (
-        f"Deployment/qt-governor spec written by kubectl (Update via /scale at 2024-05-01T10:00:00Z), not by {MANAGER}"
+        f"Deployment/qt-governor .spec written by kubectl (Update via /scale at 2024-05-01T10:00:00Z), not by {MANAGER}"
     )
 
 
@@ -384,7 +391,7 @@ def test_foreign_field_manager_on_a_configmap():
     cm = configmap(managed_fields=[managed("kubectl-edit", "Update", "f:data")])
     (finding,) = foreign_field_manager(cm, MANAGER)
     assert finding.object == "ConfigMap/qt-config" and finding.component == ""
-    assert "data written by kubectl-edit" in finding.message
+    assert ".data written by kubectl-edit" in finding.message
 
 
 # --- pod_template_annotations -------------------------------------------------------------------

@@ -285,6 +285,28 @@ SCENARIOS: list[tuple[str, Transform, Health, Reason]] = [
         Health.HALTED,
         Reason.AUTOMATIC_HALT,
     ),
+    (
+        # The operator's own rollout halt is part of every rollout: Progressing with its own condition, no kill switch.
+        "rollout halt",
+        lambda i: replace(
+            i,
+            control={"state": "released", "generation": "3"},
+            halts={"operator:rollout": "rolling out sha256:bbbb config sha256:cccc"},
+        ),
+        Health.PROGRESSING,
+        Reason.ROLLOUT_IN_PROGRESS,
+    ),
+    (
+        # The drift halt stops entries because something differs: Halted, as an automatic halt.
+        "drift halt during a rollout",
+        lambda i: replace(
+            i,
+            control={"state": "released", "generation": "3"},
+            halts={"operator:rollout": "rolling out sha256:bbbb", "operator:drift": "drift: image:governor"},
+        ),
+        Health.HALTED,
+        Reason.AUTOMATIC_HALT,
+    ),
     ("crash loop", crash, Health.DEGRADED, Reason.CRASH_LOOP),
     (
         "image pull",
@@ -450,9 +472,10 @@ def test_conditions_come_in_the_documented_order():
         "WiringValid",
         "ModelConsistent",
         "KillSwitchEngaged",
+        "RolloutInProgress",
         "ExchangeReconciled",
     ]
-    assert [c.status for c in report.conditions] == ["True", "True", "True", "True", "False", "True"]
+    assert [c.status for c in report.conditions] == ["True", "True", "True", "True", "False", "False", "True"]
 
 
 @pytest.mark.parametrize(
@@ -462,8 +485,10 @@ def test_conditions_come_in_the_documented_order():
         ("drift", {"ImageConsistent": "False", "ModelConsistent": "True"}),
         ("model drift", {"ImageConsistent": "False", "ModelConsistent": "False"}),
         ("model not reported", {"ModelConsistent": "Unknown"}),
-        ("kill switch", {"KillSwitchEngaged": "True"}),
+        ("kill switch", {"KillSwitchEngaged": "True", "RolloutInProgress": "False"}),
         ("automatic halt", {"KillSwitchEngaged": "True"}),
+        ("rollout halt", {"KillSwitchEngaged": "False", "RolloutInProgress": "True"}),
+        ("drift halt during a rollout", {"KillSwitchEngaged": "True", "RolloutInProgress": "True"}),
         ("control missing", {"KillSwitchEngaged": "True"}),
         ("positions mismatch", {"ExchangeReconciled": "False"}),
         ("reconcile stale", {"ExchangeReconciled": "False"}),

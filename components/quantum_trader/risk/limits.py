@@ -12,11 +12,11 @@ Checks run in a fixed order and the first failing one is the decision's single r
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from quantum_trader.contracts.control import plan_verdict
 from quantum_trader.contracts.messages import Plan, PlanKind
 from quantum_trader.contracts.policy import PolicySpec
 
@@ -51,8 +51,6 @@ NOTIONAL_TOLERANCE = 1e-9
 """Relative slack on notional limits, so a plan that fits exactly is not refused over float rounding
 (qty * price, or a sum of notionals, can land a few ulps above the limit)."""
 
-_INTEGER = re.compile(r"^\s*[-+]?\d+\s*$")
-_SCOPES = ("entries", "exits", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,29 +99,11 @@ class GovernorState:
 
 
 def control_reason(control: Mapping[str, str] | None, halted: bool, kind: PlanKind) -> Reason | None:
-    """The kill-switch verdict for a plan of ``kind``; mirrors ``bus.control.parse_control``.
-
-    Missing or unreadable control fails closed for every plan (invariant 2). Scope ``all`` blocks
-    everything; scope ``entries``, flatten, or any automatic halt blocks entries only — exits stay
-    possible so positions can always be closed (invariant 8). Scope ``exits`` blocks no plan here:
-    it only moves exit-brain's advanced logic to SHADOW.
-    """
-    if not control:
-        return Reason.CONTROL_MISSING
-    generation = control.get("generation")
-    state = control.get("state")
-    scope = control.get("scope") or "all"
-    if generation is None or not _INTEGER.match(generation) or state not in ("engaged", "released"):
-        return Reason.CONTROL_MISSING
-    if scope not in _SCOPES:
-        return Reason.CONTROL_MISSING
-    engaged = state == "engaged"
-    if engaged and scope == "all":
-        return Reason.KILLSWITCH_ALL
-    flatten = engaged and control.get("flatten") == "1"
-    if kind is PlanKind.ENTRY and ((engaged and scope == "entries") or flatten or halted):
-        return Reason.KILLSWITCH_ENTRIES
-    return None
+    """The kill-switch verdict for a plan of ``kind``: ``contracts.control.plan_verdict``, the one model of
+    what each scope stops (scope ``exits`` refuses no plan: it only moves exit-brain's advanced logic to
+    SHADOW), as the governor's reason code."""
+    verdict = plan_verdict(control, halted=halted, entry=kind is PlanKind.ENTRY)
+    return None if verdict is None else Reason(verdict.value)
 
 
 def exceeds(value: float, limit: float) -> bool:

@@ -2,6 +2,9 @@
 -- Redis runs one script at a time, so however many governor replicas race, each plan sees the
 -- counts every earlier decision left and the limits hold exactly.
 -- risk/limits.py is the Python reference of these rules; a test requires both to agree.
+-- control_reason is a copy of the kill-switch model (contracts/control.py plan_verdict), kept only because
+-- the decision must be one atomic script; tests/integration/test_governor_killswitch_model.py checks it
+-- against the model for every scope, state, flatten, generation and halt.
 --
 -- KEYS[1]  done:governor:<plan message id>      KEYS[7]  exit_locks   (symbol -> plan_id)
 -- KEYS[2]  stream apply.plan (XACK)             KEYS[8]  open_positions (symbol -> notional)

@@ -7,10 +7,13 @@ operator need, served over real HTTP on a loopback port from a background thread
 - **identity**: every created object gets ``uid``, ``resourceVersion``, ``creationTimestamp`` and
   ``generation``; ``generateName`` is honoured (kopf posts Events with it — without it the second Event is a
   409). The operator renders ownerReferences from the policy's ``uid``, so a missing uid is a failure.
-- **server-side apply**: ``PATCH`` with ``application/apply-patch+yaml`` creates the object when it is absent
-  and merges it otherwise (kmock would answer 404) — so the operator's real SSA code path runs. This is not
-  field-ownership-aware SSA: lists are replaced, which is what a forced apply of the full manifest does to
-  the fields the operator owns.
+- **server-side apply with field ownership** (``field_ownership.py``): ``PATCH`` with
+  ``application/apply-patch+yaml`` creates the object when it is absent (kmock would answer 404) and otherwise
+  merges it structurally (keyed lists by key); ``metadata.managedFields`` records every manager's fields —
+  ``Apply`` for server-side apply, ``Update`` for creates and other patches (``?fieldManager=``, else the
+  User-Agent's product name, as the API server does). An apply changing another manager's field is a 409
+  unless forced; fields a manager stops applying are removed unless someone else owns them; fields another
+  manager added stay — the behaviour that made a forced re-apply unable to undo ``kubectl set env``.
 - **generation / resourceVersion**: bumped on a change outside ``metadata``/``status``; a patch that changes
   nothing produces no watch event (as on a real API server, where it would otherwise make a hot loop).
 - **status subresource**: ``PATCH .../status`` changes only ``status``; a main-resource patch does not change
@@ -50,6 +53,7 @@ from kmock._internal import apps, enums, k8s
 from quantum_trader_operator.models import RESOURCES
 from quantum_trader_operator.naming import GROUP, VERSION
 from tests.operator.crd_defaults import default_violations
+from tests.operator.integration import field_ownership
 from tests.operator.integration.support import Cluster
 
 REPO = Path(__file__).resolve().parents[3]
@@ -130,7 +134,9 @@ class QtEmulator(kmock.KubernetesEmulator):
             data = request.data if isinstance(request.data, Mapping | list) else {}
             if request.action == enums.action.CREATE:
                 namespace = request.namespace or (data.get("metadata") or {}).get("namespace")
-                stored = self._store_new(resource, namespace, dict(data))
+                created = dict(data)
+                field_ownership.record_update({}, created, _field_manager(request))
+                stored = self._store_new(resource, namespace, created)
                 # kmock's create responder finds the object by the name in the request body.
                 data.setdefault("metadata", {})["name"] = stored["metadata"]["name"]
                 await self._buses[resource].put({"type": "ADDED", "object": stored})
@@ -141,6 +147,7 @@ class QtEmulator(kmock.KubernetesEmulator):
                 if not exists and apply:
                     body = copy.deepcopy(dict(data))
                     body.setdefault("metadata", {})["name"] = request.name
+                    body = self._server_side_apply(request, {"metadata": dict(body["metadata"])}, body)
                     stored = self._store_new(resource, request.namespace, body)
                     await self._buses[resource].put({"type": "ADDED", "object": stored})
                 elif not exists:
@@ -167,13 +174,19 @@ class QtEmulator(kmock.KubernetesEmulator):
             elif self._has_status_subresource(resource):
                 data.pop("status", None)
         old = copy.deepcopy(obj.raw)
+        ssa = _is_server_side_apply(request)
         try:
-            obj.patch(data)
+            if ssa:
+                obj.history.append(self._server_side_apply(request, old, data))
+            else:
+                obj.patch(data)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as error:
             # A failed `test` op (kopf's optimistic concurrency on resourceVersion) is a 422, as on a real server;
             # kmock would answer 500, which kopf retries as a server error with the same stale version.
             raise k8s.KubernetesError(status=422, reason="Invalid", message=str(error)) from None
         new = copy.deepcopy(obj.raw)
+        if not ssa:
+            field_ownership.record_update(old, new, _field_manager(request), subresource=request.subresource or "")
         if new == old:
             obj.history.pop()  # nothing changed: no new version, no event
             return None
@@ -191,6 +204,26 @@ class QtEmulator(kmock.KubernetesEmulator):
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return key
         return None
+
+    def _server_side_apply(self, request: kmock.Request, live: Mapping[str, Any], config: Any) -> dict[str, Any]:
+        force = request.params.get("force") == "true"
+        try:
+            return field_ownership.apply(live, dict(config), _field_manager(request), force=force)
+        except field_ownership.Conflict as error:
+            raise k8s.KubernetesError(status=409, reason="Conflict", message=str(error)) from None
+
+
+def _is_server_side_apply(request: kmock.Request) -> bool:
+    return "apply-patch" in request.headers.get("Content-Type", "") and not request.subresource
+
+
+def _field_manager(request: kmock.Request) -> str:
+    """``?fieldManager=``, else what the API server derives from the User-Agent (its product name)."""
+    explicit = request.params.get("fieldManager")
+    if explicit:
+        return explicit
+    agent = request.headers.get("User-Agent", "")
+    return agent.split("/", 1)[0].strip() or "unknown"
 
 
 def _is_crd_write(request: kmock.Request) -> bool:

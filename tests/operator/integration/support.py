@@ -86,6 +86,18 @@ class Cluster:
             content_type="application/merge-patch+json",
         )
 
+    def json_patch(
+        self, api_version: str, kind: str, name: str, ops: list[dict[str, Any]], *, field_manager: str
+    ) -> dict[str, Any]:
+        """A JSON patch as another tool sends it (``kubectl set env`` ...): an Update by ``field_manager``."""
+        return self.kube.request(
+            "PATCH",
+            object_path(api_version, kind, self.namespace, name),
+            query=[("fieldManager", field_manager)],
+            body=ops,
+            content_type="application/json-patch+json",
+        )
+
     def delete(self, kind: str, name: str, api_version: str = n.API_VERSION) -> None:
         self.kube.delete(api_version, kind, self.namespace, name)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import redis
 
 from quantum_trader_operator import naming as n
-from quantum_trader_operator.runtime_io import DRIFT_HALT
+from quantum_trader_operator.naming import DRIFT_HALT
 from tests.operator.integration.emulator import EmulatedCluster
 from tests.operator.integration.support import Operator, keys_for, paper_policy, wait_for, wait_handled
 
@@ -58,7 +58,7 @@ def test_edited_image_is_reverted_and_drift_halt_cleared(
 
     # Released once consistent for QT_OPERATOR_DRIFT_SETTLE_SECONDS; ImageConsistent was False in between.
     wait_for(lambda: DRIFT_HALT not in r_client.hgetall(keys.halts), timeout=15, what="the drift halt to clear")
-    assert cluster.events("DriftResolved")
+    wait_for(lambda: cluster.events("DriftResolved"), what="a DriftResolved event")  # kopf posts events async
     history = [v.get("status") or {} for v in cluster.history("TradingPolicy", name)]
     states = [s for s in (_image_consistent(h) for h in history) if s]
     assert "False" in states, states
@@ -75,3 +75,59 @@ def test_edited_image_is_reverted_and_drift_halt_cleared(
     assert control["state"] == "engaged" and control["engaged_by"] == "person"
     assert int(control["generation"]) == person_generation
     assert "qt_operator_drift_detections_total" in operator.scrape()
+
+
+def test_fields_another_manager_added_are_removed_and_the_drift_halt_released(
+    cluster: EmulatedCluster, operator: Operator, r_client: redis.Redis
+) -> None:
+    """``kubectl set env``, ``kubectl label`` and ``kubectl set volume``: fields the operator never applies,
+    owned by other field managers — a forced apply alone leaves them there (and the drift halt forever)."""
+    manifest = paper_policy()
+    name = manifest["metadata"]["name"]
+    cluster.create(manifest)
+    governor = n.deployment_name(name, "governor")
+    wait_for(lambda: len(cluster.list("Deployment", "apps/v1")) == 12, what="12 Deployments")
+    wait_handled(cluster, "TradingPolicy", name)
+    wait_for(lambda: _image_consistent(cluster.status("TradingPolicy", name)) == "True", what="ImageConsistent=True")
+    keys = keys_for(cluster.namespace, name)
+    before = cluster.get("Deployment", governor, "apps/v1")
+    assert before is not None
+    container = "/spec/template/spec/containers/0"
+    cluster.json_patch(
+        "apps/v1",
+        "Deployment",
+        governor,
+        [{"op": "add", "path": f"{container}/env/-", "value": {"name": "EXTRA", "value": "1"}}],
+        field_manager="kubectl-set",
+    )
+    cluster.json_patch(
+        "apps/v1",
+        "Deployment",
+        governor,
+        [{"op": "add", "path": "/metadata/labels/team", "value": "night-shift"}],
+        field_manager="kubectl-label",
+    )
+    cluster.json_patch(
+        "apps/v1",
+        "Deployment",
+        governor,
+        [
+            {"op": "add", "path": "/spec/template/spec/volumes/-", "value": {"name": "extra", "emptyDir": {}}},
+            {"op": "add", "path": f"{container}/volumeMounts/-", "value": {"name": "extra", "mountPath": "/extra"}},
+        ],
+        field_manager="kubectl-set",
+    )
+    wait_for(lambda: DRIFT_HALT in r_client.hgetall(keys.halts), interval=0.02, what="the operator:drift halt")
+
+    def repaired() -> dict | None:
+        d = cluster.get("Deployment", governor, "apps/v1")
+        return d if d and d["spec"] == before["spec"] and "team" not in d["metadata"]["labels"] else None
+
+    after = wait_for(repaired, what="the foreign env var, label and volume to be removed")
+    assert {e["manager"] for e in after["metadata"]["managedFields"]} == {n.MANAGED_BY}
+    assert after["metadata"]["labels"] == before["metadata"]["labels"]
+    detected = wait_for(lambda: cluster.events("DriftDetected"), what="a DriftDetected event")
+    assert "kubectl-set" in detected[0]["message"] and "env[name=EXTRA]" in detected[0]["message"]
+    wait_for(lambda: DRIFT_HALT not in r_client.hgetall(keys.halts), timeout=15, what="the drift halt to clear")
+    wait_for(lambda: _image_consistent(cluster.status("TradingPolicy", name)) == "True", what="ImageConsistent=True")
+    assert cluster.status("TradingPolicy", name)["drift"] == "none"

@@ -1,4 +1,5 @@
-"""The few decisions handlers.py makes from several sources at once, as plain data (no server, no operator)."""
+"""Decisions over several sources at once — the rollout rule and the KillSwitch in force — as plain data
+(no server, no Redis, no operator)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 
 from quantum_trader.contracts.heartbeat import HeartbeatRecord
 from quantum_trader_operator import naming as n
-from quantum_trader_operator.handlers import effective_switch, rollout_progress
-from quantum_trader_operator.runtime_io import RolloutState
+from quantum_trader_operator.decide_switches import effective_switch
+from quantum_trader_operator.rollout import RolloutState
+from quantum_trader_operator.rollout import progress as rollout_progress
 
 NEW = "sha256:" + "b" * 64
 OLD = "sha256:" + "a" * 64

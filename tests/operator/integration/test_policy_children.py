@@ -8,10 +8,11 @@ import redis
 from quantum_trader.contracts.policy import parse_policy
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.desired import EXECUTORS
-from quantum_trader_operator.runtime_io import DRIFT_HALT, ROLLOUT_HALT
+from quantum_trader_operator.naming import DRIFT_HALT, ROLLOUT_HALT
 from tests.operator.integration.emulator import EmulatedCluster
 from tests.operator.integration.support import (
     Operator,
+    condition,
     heartbeat_all,
     keys_for,
     paper_policy,
@@ -73,7 +74,12 @@ def test_policy_becomes_children_and_rollout_releases_entries(
     assert ROLLOUT_HALT in r_client.hgetall(keys.halts)
     status = wait_for(lambda: (s := cluster.status("TradingPolicy", name)).get("health") and s, what="a status")
     assert status["observedGeneration"] == created["metadata"]["generation"]
-    assert status["health"] == "Halted", status
+    # README: HEALTH goes from Progressing to Healthy. The rollout halt is the rollout's own condition, not a
+    # kill switch: no KillSwitch exists, so KillSwitchEngaged stays False.
+    assert status["health"] == "Progressing", status
+    assert condition(status, "RolloutInProgress")["status"] == "True"
+    assert condition(status, "RolloutInProgress")["reason"] == "RollingOut"
+    assert condition(status, "KillSwitchEngaged")["status"] == "False", condition(status, "KillSwitchEngaged")
     assert {c["type"] for c in status["conditions"]} >= {"Ready", "ImageConsistent", "WiringValid", "KillSwitchEngaged"}
 
     # Components come up on the new digest and the reconciler matches the exchange: entries are released.
@@ -85,6 +91,9 @@ def test_policy_becomes_children_and_rollout_releases_entries(
         lambda: (s := cluster.status("TradingPolicy", name)).get("health") == "Healthy" and s, what="Healthy"
     )
     assert status["ready"] == f"{len(components)}/{len(components)}"
+    assert condition(status, "RolloutInProgress")["status"] == "False"
+    healths = [h for h in (v.get("status", {}).get("health") for v in cluster.history("TradingPolicy", name)) if h]
+    assert healths[-1] == "Healthy" and set(healths[: healths.index("Healthy")]) == {"Progressing"}, healths
     assert status["drift"] == "none" and status["imageDigest"] == digest
     assert status["openPositions"] == 0 and status["lag"] == 0
     assert DRIFT_HALT not in r_client.hgetall(keys.halts)

@@ -13,7 +13,8 @@ import redis
 from quantum_trader.contracts.policy import parse_policy
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.desired import EXECUTORS
-from quantum_trader_operator.runtime_io import DRIFT_HALT, ROLLOUT_HALT, read_rollout
+from quantum_trader_operator.naming import DRIFT_HALT, ROLLOUT_HALT
+from quantum_trader_operator.redis_io import read_rollout
 from tests.conftest import free_port
 from tests.operator.integration.emulator import EmulatedCluster
 from tests.operator.integration.support import (
@@ -75,11 +76,14 @@ def test_new_digest_rolls_out_halted_executors_last(
         what="the disabled component's consumer group removed",
     )
 
-    # Old pods still heartbeat the old digest: Halted for the rollout, but no drift and no drift halt.
+    # Old pods still heartbeat the old digest: Progressing with the rollout's own condition, no drift, no drift halt.
     time.sleep(1.5)
     status = cluster.status("TradingPolicy", name)
     assert status["drift"] == "none", status["drift"]
-    assert status["health"] == "Halted" and "rollout" in status["message"]
+    assert status["health"] == "Progressing" and "rollout" in status["message"], status["message"]
+    rolling = next(c for c in status["conditions"] if c["type"] == "RolloutInProgress")
+    assert rolling["status"] == "True" and NEW_DIGEST[:19] in rolling["message"]
+    assert next(c for c in status["conditions"] if c["type"] == "KillSwitchEngaged")["status"] == "False"
     assert DRIFT_HALT not in r_client.hgetall(keys.halts)
     assert ROLLOUT_HALT in r_client.hgetall(keys.halts)
 
