@@ -78,3 +78,23 @@ def test_the_ledger_encoding_is_canonical_and_the_summary_adds_up():
     assert headline["final_equity"] == pytest.approx(1_000 + 10 - 0.2)
     assert headline["trades"] == 1 and headline["win_rate"] == 1.0
     assert headline["per_symbol"]["BTCUSDT"]["net_pnl"] == pytest.approx(9.8)
+
+
+def test_the_report_draws_every_chart_and_lists_rejections_and_trades(tmp_path):
+    from quantum_trader.backtest.report import write_report
+
+    marks = [Mark(t * 3_600_000, "BTCUSDT", 100 + t) for t in range(1, 30)]
+    closed = [{"trade_id": "t<1>", "symbol": "BTCUSDT", "side": "LONG", "qty": 1, "entry_price": 101,
+               "exit_price": 110, "realized_pnl": 9, "fees": 0.2, "exit_reason": "take_profit",
+               "opened_at": 3_600_000, "closed_at": 36_000_000}]  # fmt: skip
+    fills = [result("a", 3_600_000, "BUY", 1, 101), result("b", 36_000_000, "SELL", 1, 110)]
+    decisions = [{"plan_id": "x", "approved": False, "reasons": ["max_open_positions"]}]
+    done = outcome(fills, closed, decisions, marks, 1_000)
+    headline = summary(done, bars=len(marks), symbols=["BTCUSDT"])
+    files = write_report(tmp_path, done, headline, {"bars_per_second": 10.0}, ledger_document(done, {}))
+    for png in ("equity.png", "exposure.png", "per_symbol_pnl.png", "rejections.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = files["report"].read_text()
+    assert "max_open_positions" in page and "take_profit" in page
+    assert "t&lt;1&gt;" not in page and "<1>" not in page, "text is escaped, and trade ids are not shown"
+    assert json.loads(files["summary"].read_text())["rejections"] == {"max_open_positions": 1}
