@@ -1,6 +1,9 @@
 """apply-layer on real processes and a real Redis: a fill is never lost to a redelivery, and an
 exchange unreachable at start is waited for (issue 8, defects 1 and 4).
 
+Defect 4 also covers an exchange lost midway: apply-layer stays up, not ready, reads nothing, and the
+approval in hand is sent once when the exchange is back.
+
 Defect 1: apply-layer is SIGKILLed after the exchange filled its order and before it wrote the result
 (the simulator withholds the order's answer), and is restarted only after the approval's expires_at,
 or after the kill switch was engaged. The restarted apply-layer must look the order up first and
@@ -20,7 +23,10 @@ import urllib.request
 import pytest
 
 from quantum_trader.bus.control import Scope, write_control
+from quantum_trader.contracts.policy import parse_policy
 from quantum_trader.exchange.order_ids import client_order_id
+from quantum_trader.exchange.simulator.order_log import read_order_log
+from quantum_trader.local.supervisor import Supervisor
 from tests.factories import entry, send, tick
 from tests.stack import running_stack, sim_orders, stream, wait_for
 
@@ -138,8 +144,6 @@ def test_apply_layer_waits_for_an_unreachable_exchange_and_sends_nothing_until_i
 ):
     monkeypatch.setenv("QT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("QT_SIM_ORDER_LOG", str(tmp_path / "orders.jsonl"))
-    from quantum_trader.contracts.policy import parse_policy
-    from quantum_trader.local.supervisor import Supervisor
 
     stack = Supervisor(parse_policy(policy()), redis_url, instance=instance, workdir=tmp_path / "run", only=EXECUTOR)
     stack.prepare()
@@ -211,3 +215,38 @@ def test_the_reconciler_records_exchange_positions_it_does_not_know_and_halts_en
             lambda: next((d for d in stream(r, stack, "governor.decision") if d["plan_id"] == "after-unknown"), None),
             30, "the decision", stack)
         assert not decision["approved"] and "killswitch_entries" in decision["reasons"]
+
+
+@pytest.mark.timeout(180)
+def test_apply_layer_outlives_an_exchange_lost_midway_and_sends_the_waiting_order_once(
+    redis_url, r, instance, tmp_path, monkeypatch
+):
+    with running_stack(policy(), redis_url, instance, tmp_path, monkeypatch, only=EXECUTOR) as stack:
+        keys = stack.keys
+        for symbol in (SYMBOL, "S02USDT"):
+            send(r, keys, "market.tick", tick(symbol, 100.0, 500), id=f"{symbol}:500")
+        wait_for(lambda: len(sim_admin(stack, "/sim/state")["prices"]) == 2, 20, "the simulator's prices", stack)
+        wait_for(lambda: r.hlen(keys.exchange_filters) == 2, 30, "apply-layer's exchange rules", stack)
+        send(r, keys, "apply.plan", entry(SYMBOL, "before-outage"), id="before-outage")
+        wait_for(lambda: stream(r, stack, "apply.result"), 30, "the first fill", stack)
+        exchange = stack.processes["exchange-sim-0"]
+        os.kill(exchange.popen.pid, signal.SIGKILL)
+        exchange.popen.wait(10)
+        apply_layer = stack.pods("apply-layer")[0]
+        # not supervised during the outage: the supervisor would bring the exchange back
+        send(r, keys, "apply.plan", entry("S02USDT", "during-outage", t=2_000), id="during-outage")
+        wait_for(lambda: readyz(apply_layer)[0] == 503, 30, "apply-layer to report not ready")
+        assert "exchange unreachable" in readyz(apply_layer)[1]
+        wait_for(lambda: apply_layer.log_path.read_text().count("exchange unreachable") >= 3, 30, "retries")
+        assert apply_layer.popen.poll() is None
+        assert [x["plan_id"] for x in stream(r, stack, "apply.result")] == ["before-outage"]
+        assert r.xlen(keys.dlq("apply.approved")) == 0
+        # the exchange is back (a fresh simulator: it learns its price from the next tick)
+        send(r, keys, "market.tick", tick("S02USDT", 100.0, 2_500), id="S02USDT:2500")
+        wait_for(lambda: readyz(apply_layer)[0] == 200, 90, "apply-layer ready again", stack)
+        wait_for(lambda: len(stream(r, stack, "apply.result")) == 2, 60, "the waiting approval's result", stack)
+        assert stream(r, stack, "apply.result")[1]["status"] == "FILLED"
+        assert apply_layer.restarts == 0
+        log = read_order_log(tmp_path / "orders.jsonl")  # both simulator processes' order requests
+        sent = [o for o in log if o["clientOrderId"] == client_order_id("during-outage") and o["outcome"] == "accepted"]
+        assert len(sent) == 1

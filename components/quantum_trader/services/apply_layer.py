@@ -6,8 +6,9 @@ queries the order by that id before anything is resubmitted — or refused: an o
 reported as what the exchange did with it, even if the approval expired or the kill switch was
 engaged meanwhile, so a fill is never lost (docs/EXECUTION.md, "Redelivery").
 
-An exchange unreachable at start is waited for (retried with backoff, /readyz not ready, no approval
-read, nothing sent); apply-layer never exits for it.
+An exchange unreachable at start, or lost later (connection refused or dropped), is waited for
+(retried with backoff, /readyz not ready, no approval read, nothing sent); apply-layer never exits
+for it, and an approval in hand stays pending, to be looked up first once the exchange is back.
 
 Per order: one Redis round trip checks the message is not done yet, reads the kill switch and the
 position's quantity and sets the in-flight marker (``SET ... GET``: whether it was already set
@@ -35,7 +36,7 @@ from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.messages import Approval, ExecutionResult, ResultStatus
 from quantum_trader.exchange.client import CommissionRate, ExchangeClient
-from quantum_trader.exchange.errors import ConditionalOrderRefused, ExchangeError
+from quantum_trader.exchange.errors import DISCONNECTED, ConditionalOrderRefused, ExchangeError
 from quantum_trader.exchange.filters import SymbolFilters
 from quantum_trader.exchange.models import OrderResult
 from quantum_trader.exchange.order_ids import client_order_id
@@ -322,6 +323,26 @@ class ApplyLayer(Service):
     @no_done_precheck  # in read_order_state, right before any request
     @independent_steps  # an approval reads nothing the results of the same batch write
     def on_approval(self, envelope: Envelope[Approval], delivery: Delivery) -> Step:
+        if not self._started:  # the rest of a batch read before the exchange went away: left pending
+            raise ExchangeError(DISCONNECTED, f"waiting for the exchange: {self._exchange_problem}", retryable=True)
+        try:
+            return self._execute(envelope, delivery)
+        except ExchangeError as error:
+            if error.code == DISCONNECTED:
+                self.lost_exchange(error)
+            raise  # the approval stays pending; after the exchange is back it is looked up first
+
+    def lost_exchange(self, error: ExchangeError) -> None:
+        """The exchange stopped answering: read no more approvals until it does (as at start), so an
+        outage costs each pending approval one delivery, not one per reclaim until the DLQ."""
+        self._started = False
+        self._exchange_problem = str(error)
+        self._exchange_wait = EXCHANGE_RETRY_FIRST_SECONDS
+        self._next_exchange_try = time.monotonic() + self._exchange_wait
+        self.count("exchange_lost")
+        self.ctx.log.warning("exchange unreachable: waiting, no approval is read", extra={"error": str(error)})
+
+    def _execute(self, envelope: Envelope[Approval], delivery: Delivery) -> Step:
         approval = envelope.message
         plan = approval.plan
         # per order, not per batch: a kill switch engaged a moment ago applies to this order.
