@@ -99,6 +99,8 @@ FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("run --data name", ["run", "--data", "{tmp}/klines/prices.csv"], ("--data", "prices.csv")),
     ("run --data twice", ["run", "--data", "{tmp}/klines/BTCUSDT-1*.csv"], ("--data", "two files for BTCUSDT")),
     ("run --data symbol", ["run", "--data", "{tmp}/klines/btc-1h-2024-01.csv"], ("--data",)),
+    ("run --data long symbol", ["run", "--data", "{tmp}/klines/ABCDEFGHIJKLMNOPQRSTUVWXYZ-1h-2024-01.csv"],
+     ("--data", "symbol must be 2-20")),
     ("run unknown flag", ["run", "--fast"], ("No such option", "--fast")),
     # qt status
     ("status no stack", ["status"], ("no running stack found",)),
@@ -149,6 +151,7 @@ FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("crds --out", ["crds", "--out", "{tmp}/klines/BTCUSDT-1h-2024-01.csv"], ("'--out'", "is a file")),
     ("wiring -f missing", ["wiring", "-f", "{tmp}/missing.yaml"], ("cannot read policy",)),
     ("version extra", ["version", "--digest"], ("No such option", "--digest")),
+    ("digest image", ["digest", "quantum-trader:no-such-tag"], ("image",)),
     ("unknown command", ["trade"], ("No such command 'trade'",)),
 ]
 
@@ -160,6 +163,7 @@ def test_every_bad_flag_is_one_line_naming_it(tmp_path, args, fragments):
     kline_file(klines, "BTCUSDT-1m-2024-01.csv")
     kline_file(klines, "prices.csv")
     kline_file(klines, "btc-1h-2024-01.csv")
+    kline_file(klines, "ABCDEFGHIJKLMNOPQRSTUVWXYZ-1h-2024-01.csv")
     state = tmp_path / "state"
     if args[0] in ("status", "killswitch") and "--redis-url" not in args and "no running stack found" not in fragments:
         running_stack_file(state, "redis://127.0.0.1:1/0")
@@ -210,3 +214,11 @@ def test_component_help_lists_every_component():
     listed = result.stdout.split("Components:", 1)[1]
     for name, spec in COMPONENTS.items():
         assert re.search(rf"^\s+{re.escape(name)}\s+{re.escape(spec.description)}$", listed, re.MULTILINE), name
+
+
+def test_digest_of_the_checkout_is_one_sha256_line():
+    result = qt("digest")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", result.stdout), result.stdout
+    assert "checkout " in result.stderr and "qt digest IMAGE" in result.stderr
+    assert qt("digest").stdout == result.stdout  # nothing changed in between: the same digest

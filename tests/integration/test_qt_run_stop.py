@@ -21,6 +21,7 @@ import redis
 
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.registry import COMPONENTS
+from quantum_trader.local.supervisor import stop_stages
 
 QT = str(Path(sys.executable).with_name("qt"))
 TAKER_FEE = 0.0004
@@ -118,6 +119,7 @@ def assert_stopped_in_order(run: Run) -> None:
     assert stopped, stderr
     # reverse dependency order: the producers first, the exchange last; Redis after all of them
     order = [pod.removesuffix("-0") for pod in stopped.group(1).split(", ")]
+    assert order == [name for stage in stop_stages(list(COMPONENTS)) for name in stage]
     assert order[0] == "market-data" and order[-1] == "exchange-sim" and sorted(order) == sorted(COMPONENTS)
     assert stderr.index("qt: stopped 12 components") < stderr.index("qt: stopped redis")
     for pod, text in run.logs().items():
@@ -238,3 +240,26 @@ def assert_no_tracebacks(run: Run) -> None:
     for pod, text in run.logs().items():
         assert "Traceback" not in text, pod
 
+
+
+@pytest.mark.timeout(240)
+def test_a_second_ctrl_c_forces_the_stop_and_says_so(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(json.dumps(POLICY))
+    run = Run(tmp_path, "-f", str(policy))
+    run.wait_for_trades(1)
+    client, _ = run.redis()
+    redis_pid = int(client.info("server")["process_id"])
+    client.close()
+    run.signal_group(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while "stopping in order (press Ctrl-C again to force)" not in run.stderr:
+        assert time.monotonic() < deadline, run.stderr
+        time.sleep(0.05)
+    run.signal_group(signal.SIGINT)
+    assert run.wait() == 0, run.stderr
+    assert "SIGINT again: forcing the stop" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert "qt: run summary (forced stop)" in run.stdout
+    assert (run.workdir / "ledger.json").exists()
+    assert not Path(f"/proc/{redis_pid}").exists(), "the embedded Redis outlived qt run"

@@ -233,3 +233,30 @@ def test_tree_digest_depends_on_content_and_path_not_order():
     assert tree_digest(files) != tree_digest([("a.py", b"1"), ("b.py", b"3")])
     assert tree_digest(files) != tree_digest([("a.py", b"1"), ("c.py", b"2")])
     assert tree_digest([]).startswith("sha256:") and len(tree_digest([])) == 71
+
+
+def test_the_stop_order_runs_against_the_stream_graph():
+    from quantum_trader.contracts.registry import COMPONENTS
+    from quantum_trader.local.supervisor import START_ORDER, stop_stages
+
+    stages = stop_stages(list(START_ORDER))
+    stage_of = {name: index for index, stage in enumerate(stages) for name in stage}
+    assert sorted(stage_of) == sorted(COMPONENTS)
+    assert stages[0] == ["market-data", "reconciler"] and stages[-1] == ["exchange-sim"]
+    assert stage_of["governor"] < stage_of["apply-layer"] < stage_of["position-state"] < stage_of["exchange-sim"]
+    # a component stops after every producer of its inputs, but for the exits' feedback into the executor path
+    feedback = {"position.snapshot"}
+    for name, spec in COMPONENTS.items():
+        for other, producer in COMPONENTS.items():
+            fed = set(spec.inputs) & set(producer.outputs) - feedback
+            if fed and other != name:
+                assert stage_of[other] < stage_of[name], (other, name, fed)
+
+
+def test_the_stop_order_of_a_partial_stack_keeps_its_relative_order():
+    from quantum_trader.local.supervisor import stop_stages
+
+    assert stop_stages(["governor", "apply-layer", "position-state"]) == [
+        ["governor"], ["apply-layer"], ["position-state"]
+    ]
+    assert stop_stages([]) == []

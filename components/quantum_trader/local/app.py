@@ -19,9 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from pydantic import ValidationError
 
 from quantum_trader.contracts.keys import Keys
-from quantum_trader.contracts.policy import MarketDataSource, PolicySpec, load_policy
+from quantum_trader.contracts.policy import (
+    MarketDataSource,
+    PolicyError,
+    PolicySpec,
+    describe_validation_error,
+    load_policy,
+)
 from quantum_trader.data.errors import DataError
 from quantum_trader.local.ledger import LEDGER_FILE, read_ledger, render_summary, summarize, write_ledger
 from quantum_trader.local.redis_server import EmbeddedRedis, RedisStartError, find_binary
@@ -87,7 +94,10 @@ def apply_run_options(policy: PolicySpec, data: Sequence[str], speed: float | No
     if symbols is not None:
         changes["symbols"] = symbols
     # validated again as a whole: a symbol the policy's own rules refuse is refused here too
-    return PolicySpec.model_validate({**policy.model_dump(), **changes})
+    try:
+        return PolicySpec.model_validate({**policy.model_dump(), **changes})
+    except ValidationError as error:
+        raise PolicyError(f"--data/--speed: {describe_validation_error(error)}") from None
 
 
 def resolve_market_data(policy: PolicySpec) -> PolicySpec:
@@ -125,9 +135,8 @@ class StopSignals:
     def _on_signal(self, number: int, _frame: object) -> None:
         name = signal.Signals(number).name
         if not self.stop.is_set():
-            self.first = name
+            self.first = name  # announced by the main loop once the live table is gone (it would hide it)
             self.stop.set()
-            print(f"\nqt: {name}: stopping in order (press Ctrl-C again to force)", file=sys.stderr, flush=True)
         elif not self.force.is_set():
             self.force.set()
             print(f"\nqt: {name} again: forcing the stop, killing what still runs", file=sys.stderr, flush=True)
@@ -167,9 +176,11 @@ def run_local(options: RunOptions) -> int:
         ended_at = time.time()
         final = _snapshot(supervisor, client, keys, policy)
     finally:
-        if not signals.stop.is_set():
-            signals.stop.set()  # ended by --duration or by an error: the same orderly stop
-        print("qt: stopping components in reverse dependency order ...", file=sys.stderr, flush=True)
+        if signals.first:
+            print(f"qt: {signals.first}: stopping in order (press Ctrl-C again to force)", file=sys.stderr, flush=True)
+        else:
+            signals.stop.set()  # ended by --duration or by an error: the same orderly stop, a signal forces it
+        print("qt: stopping the components in reverse dependency order ...", file=sys.stderr, flush=True)
         codes = supervisor.stop(force=signals.force)
         _report_stopped(codes, supervisor)
         if final is not None:

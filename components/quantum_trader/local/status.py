@@ -118,7 +118,7 @@ def build_status(observed: Observed) -> StackStatus:
         lag = sum(max(g.get("lag", 0), 0) for b in beats for g in b.groups.values()) // max(len(beats), 1)
         pending = sum(g.get("pending", 0) for b in beats for g in b.groups.values()) // max(len(beats), 1)
         last_event = max(int(b.counters.get("last_event_ms", 0)) for b in beats)
-        last_age = (observed.now_ms - last_event) / 1000 if last_event else None
+        last_age = max(observed.now_ms - last_event, 0) / 1000 if last_event else None
         errors = sum(int(b.counters.get("errors", 0)) for b in beats)
         notes = [f"{errors} errors"] if errors else []
         if last_end and process_state == "running":

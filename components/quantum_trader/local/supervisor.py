@@ -40,8 +40,8 @@ START_ORDER = (
     "governor",
     "reconciler",
     "exit-brain",
-    "harvest",
     "heat-gate",
+    "harvest",
     "intent-bridge",
     "ai-engine",
     "features",
@@ -51,6 +51,34 @@ START_ORDER = (
 
 class WiringError(ValueError):
     pass
+
+
+def stop_stages(components: list[str]) -> list[list[str]]:
+    """The stop order: stages stopped one after the other, the components of one stage together.
+
+    A component stops only after every producer of its inputs stopped before it (in the reverse of
+    the start order, which breaks the one cycle, exits feeding back into the executor path), so
+    nothing new reaches a component after it stopped. The exchange goes last: apply-layer and the
+    reconciler talk to it, and an order in flight gets its answer.
+    """
+    from quantum_trader.contracts.registry import COMPONENTS
+
+    order = [c for c in reversed(START_ORDER) if c in components] + [c for c in components if c not in START_ORDER]
+    stage: dict[str, int] = {}
+    for name in order:
+        spec = COMPONENTS.get(name)
+        producers = [
+            stage[other]
+            for other in stage
+            if spec is not None and any(s in COMPONENTS[other].outputs for s in spec.inputs)
+        ]
+        stage[name] = 1 + max(producers) if producers else 0
+    if "exchange-sim" in stage:
+        stage["exchange-sim"] = 1 + max((v for k, v in stage.items() if k != "exchange-sim"), default=-1)
+    stages: list[list[str]] = [[] for _ in range(max(stage.values(), default=-1) + 1)]
+    for name in order:
+        stages[stage[name]].append(name)
+    return [s for s in stages if s]
 
 
 def describe_exit(code: int) -> str:
@@ -277,28 +305,35 @@ class Supervisor:
         force: threading.Event | None = None,
         stopped: Callable[[str, Process], None] | None = None,
     ) -> dict[str, int]:
-        """Stop every component in reverse dependency order, one after the other: SIGTERM (it finishes
-        and acks its entry in hand, then exits 0), SIGKILL after ``timeout``. Once ``force`` is set,
-        whatever still runs is killed at once. Returns pod -> exit code; ``stopped`` hears each pod."""
+        """Stop every component in reverse dependency order (``stop_stages``): SIGTERM to a stage (each
+        finishes and acks its entry in hand, then exits 0), SIGKILL after ``timeout``, then the next
+        stage. Once ``force`` is set, whatever still runs is killed at once. Returns pod -> exit code,
+        in stop order; ``stopped`` hears each pod."""
         codes: dict[str, int] = {}
-        for pod, process in reversed(list(self.processes.items())):
-            popen = process.popen
-            if popen is None:
-                continue
-            if popen.poll() is None:
-                popen.send_signal(signal.SIGKILL if force is not None and force.is_set() else signal.SIGTERM)
+        forced = force if force is not None else threading.Event()
+        for stage in stop_stages(self.components):
+            pods = [
+                (pod, p) for name in stage for pod, p in self.processes.items() if p.component == name and p.popen
+            ]
+            for _, process in pods:
+                if process.popen is not None and process.popen.poll() is None:
+                    process.popen.send_signal(signal.SIGKILL if forced.is_set() else signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while popen.poll() is None:
-                if time.monotonic() >= deadline or (force is not None and force.is_set()):
-                    popen.kill()
-                    popen.wait()
-                    break
-                time.sleep(0.02)
-            codes[pod] = popen.returncode
-            process.last_exit = popen.returncode
-            process.state = "stopped" if popen.returncode == 0 else describe_exit(popen.returncode)
-            if stopped is not None:
-                stopped(pod, process)
+            for pod, process in pods:
+                popen = process.popen
+                if popen is None:
+                    continue
+                while popen.poll() is None:
+                    if time.monotonic() >= deadline or forced.is_set():
+                        popen.kill()
+                        popen.wait()
+                        break
+                    time.sleep(0.02)
+                codes[pod] = popen.returncode
+                process.last_exit = popen.returncode
+                process.state = "stopped" if popen.returncode == 0 else describe_exit(popen.returncode)
+                if stopped is not None:
+                    stopped(pod, process)
         try:
             current = json.loads(run_file().read_text())
             if current.get("pid") == os.getpid():
