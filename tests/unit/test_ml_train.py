@@ -153,3 +153,17 @@ def test_the_compiled_trees_give_xgboosts_margins(trained, shared_klines):
     one = loaded.ensemble.probabilities(x[:1])[0]  # the single-row path ai-engine takes
     batch = loaded.ensemble.probabilities(x[:2])[0][:1]
     np.testing.assert_allclose(one, batch, atol=1e-6)
+
+
+def test_training_on_the_pypi_sample_is_reproducible(tmp_path):
+    """The BTC/USD hourly sample `make run` replays (fetched once by `qt data sample`; tests never download it)."""
+    from quantum_trader.data.cache import default_data_dir
+
+    cached = sorted(default_data_dir().glob("BTCUSD-1h-*_*.csv"))
+    if not cached:
+        pytest.skip(f"the PyPI sample is not cached in {default_data_dir()} (run `qt data sample` once)")
+    first = train(cached[-1:], tmp_path / "a" / "tiny", small())
+    second = train(cached[-1:], tmp_path / "b" / "tiny", small())
+    assert first.digest == second.digest
+    assert first.manifest["training"]["data"][0]["symbol"] == "BTCUSD"
+    assert set(first.summary["pnl"]) == {"ensemble", "buy_and_hold", "baseline"}
