@@ -1,0 +1,201 @@
+"""Replay throughput in bars/s: market-data -> features -> ai-engine, and the whole pipeline.
+
+``python -m bench.replay_throughput [--quick] [--data FILE]``
+
+Rows (each on a fresh instance of a redis-server of our own, components as ``qt component``
+processes started by the local Supervisor, exactly as ``qt run`` and ``qt backtest`` start them):
+
+- ``in-process``: the same per-bar code with no Redis and no processes — ``replay_ticks`` ->
+  ``FeatureState.update`` -> ``baseline.decide`` in one loop. The ceiling the Python logic allows.
+- ``md->features->ai``: market-data at full speed (``speed: 0``, batches of 200 ticks per MULTI),
+  features and ai-engine (model ``baseline-trend``) as processes, each step exactly-once (Lua).
+  Timed from the first tick's stream entry to the moment features has read and acked every tick
+  and ai-engine every vector; bars/s = bars / that time.
+- ``whole, free-running``: every component of a paper stack, market-data at full speed (what
+  ``qt run`` does with ``speed: 0``). Not deterministic: how many bars pass before an order is
+  filled depends on timing. Timed from the first tick to every stream drained.
+- ``whole, lockstep (qt backtest)``: ``Backtest.run`` — each bar published once everything the
+  previous one caused is done. Timed from the first bar published to the last bar's effects
+  drained (start-up and the report excluded; both are printed too).
+
+Data: a real kline file (default ``BTCUSDT-1m-2025-05-05_2025-06-23.csv`` from ../shared/data/klines).
+Results: a table on stdout and ``bench/results/replay_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from bench._util import machine, start_redis, table, wait_for_quiet, write_results
+from quantum_trader.backtest.run import Backtest, backtest_policy, drained
+from quantum_trader.contracts.policy import StrategySpec, parse_policy
+from quantum_trader.data.replay import replay_ticks
+from quantum_trader.local.supervisor import Supervisor
+from quantum_trader.ml.baseline import StrategyState, decide
+from quantum_trader.ml.features import FeatureState
+
+KLINES = Path(os.environ.get("QT_SHARED_KLINES", Path(__file__).resolve().parent.parent.parent / "shared/data/klines"))
+DEFAULT_FILE = "BTCUSDT-1m-2025-05-05_2025-06-23.csv"
+STRATEGY = {"fast": 12, "slow": 48}
+
+
+def in_process(file: Path, bars: int) -> dict:
+    spec = StrategySpec(**STRATEGY)
+    ticks = list(replay_ticks([file], max_bars=bars))
+    features = FeatureState.from_spec(ticks[0].symbol, spec)
+    strategy = StrategyState()
+    intents = 0
+    started = time.perf_counter()
+    for tick in ticks:
+        vector = features.update(tick)
+        if vector is not None and decide(vector, strategy, spec) is not None:
+            intents += 1
+    elapsed = time.perf_counter() - started
+    return {"row": "in-process", "bars": len(ticks), "seconds": round(elapsed, 3), "intents": intents}
+
+
+def stream_first_ms(client: redis.Redis, key: str) -> int:
+    first = client.xrange(key, count=1)
+    return int(first[0][0].split("-")[0]) if first else 0
+
+
+def _group(client: redis.Redis, key: str, name: str) -> dict | None:
+    try:
+        groups = client.xinfo_groups(key)
+    except redis.ResponseError:
+        return None
+    return next((g for g in groups if g["name"] == name), None)
+
+
+def processes(file: Path, bars: int, workdir: Path, *, whole: bool) -> dict:
+    server = start_redis()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    document = {
+        "symbols": [file.name.split("-")[0]],
+        "marketData": {"source": "replay", "files": [str(file)], "maxBars": bars, "speed": 0},
+        "strategy": STRATEGY,
+        "model": {"name": "baseline-trend"},
+        "streams": {"maxLen": 4 * bars + 1000},
+        "reconciler": {"intervalSeconds": 86400},
+    }
+    only = None if whole else ["market-data", "features", "ai-engine"]
+    supervisor = Supervisor(parse_policy(document), server.url, instance="bench", workdir=workdir, only=only)
+    keys = supervisor.keys
+    progress = keys.component_state("market-data", "progress")
+    try:
+        supervisor.prepare()
+        supervisor.start()
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            supervisor.supervise_once()
+            done = int(client.hget(progress, "published") or 0) >= bars
+            if done and whole and drained(client, keys):
+                break
+            if done and not whole:
+                readers = [_group(client, keys.stream("market.tick"), "features"),
+                           _group(client, keys.stream("features"), "ai-engine")]  # fmt: skip
+                if all(g and not int(g["pending"]) and int(g.get("lag") or 0) == 0 for g in readers):
+                    break
+            time.sleep(0.02)
+        else:
+            raise RuntimeError("the replay did not finish within 30 minutes")
+        seconds_now, micros_now = client.time()
+        finished_ms = int(seconds_now * 1000 + micros_now / 1000)
+        first_ms = stream_first_ms(client, keys.stream("market.tick"))
+        seconds = (finished_ms - first_ms) / 1000
+        row = {
+            "row": "whole, free-running" if whole else "md->features->ai",
+            "bars": bars,
+            "seconds": round(seconds, 3),
+            "intents": client.xlen(keys.stream("trade.intent")),
+        }
+        if whole:
+            row["orders_filled"] = sum(
+                1 for _, f in client.xrange(keys.stream("apply.result")) if json.loads(f["data"])["status"] == "FILLED"
+            )
+        return row
+    finally:
+        supervisor.stop()
+        client.close()
+        server.stop()
+
+
+def lockstep(file: Path, bars: int, workdir: Path) -> dict:
+    server = start_redis()
+    try:
+        policy = backtest_policy(parse_policy({"strategy": STRATEGY, "model": {"name": "baseline-trend"}}), [str(file)],
+                                 max_bars=bars)  # fmt: skip
+        marks: dict[str, float] = {}
+
+        def clock(published: int, total: int, _supervisor) -> None:
+            if published and "first" not in marks:
+                marks["first"] = time.monotonic()
+
+        started = time.monotonic()
+        result = Backtest(policy, workdir, redis_url=server.url).run(progress=clock)
+        total = time.monotonic() - started
+        replay = result.run["elapsed_seconds"] - (marks["first"] - started)
+        return {
+            "row": "whole, lockstep (qt backtest)",
+            "bars": bars,
+            "seconds": round(replay, 3),
+            "intents": result.headline["approvals"] + sum(result.headline["rejections"].values()),
+            "orders_filled": result.headline["orders_filled"],
+            "run_with_startup_and_report_s": round(total, 1),
+        }
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer bars (a smoke run)")
+    parser.add_argument("--data", default=str(KLINES / DEFAULT_FILE), help="kline file")
+    args = parser.parse_args(argv)
+    file = Path(args.data)
+    if not file.is_file():
+        print(f"bench: kline file {file} not found (the shared data folder is absent)")
+        return 2
+    sizes = {"in": 20_000, "md": 2_000, "whole": 2_000, "lockstep": 300} if args.quick else {
+        "in": 70_000, "md": 20_000, "whole": 10_000, "lockstep": 2_000}  # fmt: skip
+    quiet = wait_for_quiet(60)
+    work = Path(tempfile.mkdtemp(prefix="qt-bench-replay-"))
+    started = time.monotonic()
+    rows = []
+    try:
+        rows.append(in_process(file, sizes["in"]))
+        rows.append(processes(file, sizes["md"], work / "md", whole=False))
+        rows.append(processes(file, sizes["whole"], work / "whole", whole=True))
+        rows.append(lockstep(file, sizes["lockstep"], work / "lockstep"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for row in rows:
+        row["bars_per_s"] = round(row["bars"] / row["seconds"]) if row["seconds"] > 0 else None
+    print(table(["path", "bars", "seconds", "bars/s", "intents"],
+                [[r["row"], r["bars"], r["seconds"], r["bars_per_s"], r["intents"]] for r in rows]))  # fmt: skip
+    path = write_results(
+        "replay_throughput-quick" if args.quick else "replay_throughput",
+        {
+            "benchmark": "replay_throughput",
+            "file": file.name,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "runtime_s": round(time.monotonic() - started, 1),
+            "machine": {**machine(), **quiet},
+            "method": __doc__,
+            "rows": rows,
+        },
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
