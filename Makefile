@@ -48,6 +48,7 @@ chaos: $(STAMP) redis-server
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.redis_baseline
+	$(BIN)/python -m bench.replay_throughput
 
 ## image: the one image for the operator and every component (needs a Docker engine); QT_CODE_VERSION is the
 ## commit, with "-dirty" when the tree has uncommitted changes
