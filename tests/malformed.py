@@ -1,4 +1,5 @@
-"""Hypothesis strategies of malformed stream entries, one valid message per consumed stream mutated once.
+"""Hypothesis strategies of malformed stream entries (one valid message per consumed stream mutated once), and
+helpers that read DLQ records back and check that no component process exited.
 
 Every mutation is one that the contracts must refuse, so each generated entry is invalid whatever
 else hypothesis draws: a wrong type name, an unknown schema version, a missing or mangled field, bytes
@@ -10,6 +11,7 @@ case), and — on streams that admit only the allowlist — a well-formed symbol
 
 from __future__ import annotations
 
+import base64
 import json
 import types
 import typing
@@ -278,3 +280,30 @@ def entry_of(stream: str, fields: dict, message_id: str) -> dict:
             out["corr"] = message_id
     return out
 
+
+# --- reading what the consumers did ------------------------------------------------------------------------------
+
+
+def restored(record: dict[str, str]) -> dict[bytes, bytes]:
+    """The original entry from its DLQ record (``orig.<name>``, ``.b64`` values, ``b64:`` names)."""
+    original: dict[bytes, bytes] = {}
+    for key, value in record.items():
+        if not key.startswith("orig."):
+            continue
+        name = key.removeprefix("orig.")
+        raw_value = value.encode()
+        if name.endswith(".b64"):
+            name, raw_value = name.removesuffix(".b64"), base64.b64decode(value)
+        raw_name = base64.b64decode(name.removeprefix("b64:")) if name.startswith("b64:") else name.encode()
+        original[raw_name] = raw_value
+    return original
+
+
+def as_bytes(fields: dict) -> dict[bytes, bytes]:
+    return {(k if isinstance(k, bytes) else k.encode()): (v if isinstance(v, bytes) else str(v).encode())
+            for k, v in fields.items()}
+
+
+def all_running(stack) -> bool:
+    stack.supervise_once()
+    return all(p.restarts == 0 and p.popen is not None and p.popen.poll() is None for p in stack.processes.values())

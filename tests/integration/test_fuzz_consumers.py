@@ -27,8 +27,17 @@ from hypothesis import strategies as st
 
 from quantum_trader.contracts.envelope import encode
 from quantum_trader.exchange.simulator.ticks import TICK_GROUP
-from tests.integration.test_envelope_hardening import all_running, as_bytes, restored
-from tests.malformed import ALLOWED, CONSUMED, CONSUMERS, entry_of, malformed_fields, valid_message
+from tests.malformed import (
+    ALLOWED,
+    CONSUMED,
+    CONSUMERS,
+    all_running,
+    as_bytes,
+    entry_of,
+    malformed_fields,
+    restored,
+    valid_message,
+)
 from tests.stack import log_tail, running_stack, wait_for
 
 EXAMPLES_PER_STREAM = int(os.environ.get("QT_FUZZ_EXAMPLES", "300"))

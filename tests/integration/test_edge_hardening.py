@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.request
 
@@ -21,7 +20,7 @@ from quantum_trader.contracts.envelope import encode
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import PositionSide, PositionSnapshot
 from tests.factories import tick
-from tests.malformed import T
+from tests.malformed import T, all_running, as_bytes, restored
 from tests.stack import running_stack, wait_for
 
 ALLOWED = ["BTCUSDT"]
@@ -33,31 +32,6 @@ def policy() -> dict:
 
 def dlq(client: redis.Redis, keys: Keys, stream: str) -> list[dict[str, str]]:
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in client.xrange(keys.dlq(stream))]
-
-
-def restored(record: dict[str, str]) -> dict[bytes, bytes]:
-    """The original entry from its DLQ record (``orig.<name>``, ``.b64`` values, ``b64:`` names)."""
-    original: dict[bytes, bytes] = {}
-    for key, value in record.items():
-        if not key.startswith("orig."):
-            continue
-        name = key.removeprefix("orig.")
-        raw_value = value.encode()
-        if name.endswith(".b64"):
-            name, raw_value = name.removesuffix(".b64"), base64.b64decode(value)
-        raw_name = base64.b64decode(name.removeprefix("b64:")) if name.startswith("b64:") else name.encode()
-        original[raw_name] = raw_value
-    return original
-
-
-def as_bytes(fields: dict) -> dict[bytes, bytes]:
-    return {(k if isinstance(k, bytes) else k.encode()): (v if isinstance(v, bytes) else str(v).encode())
-            for k, v in fields.items()}
-
-
-def all_running(stack) -> bool:
-    stack.supervise_once()
-    return all(p.restarts == 0 and p.popen is not None and p.popen.poll() is None for p in stack.processes.values())
 
 
 def poisoned_ticks() -> dict[str, dict]:
