@@ -44,6 +44,12 @@ test: $(STAMP) redis-server lint
 chaos: $(STAMP) redis-server
 	QT_CHAOS=full $(BIN)/pytest -q -s -rs tests/integration/test_chaos.py $(PYTEST_ARGS)
 
+## fuzz: the long fuzz test: 3,000 hypothesis-made malformed entries per consumed stream (24,000) against every
+## consuming component process (a 300-per-stream one is in `make test`)
+.PHONY: fuzz
+fuzz: $(STAMP) redis-server
+	QT_FUZZ_EXAMPLES=3000 $(BIN)/pytest -q -rs tests/integration/test_fuzz_consumers.py $(PYTEST_ARGS)
+
 ## bench: benchmarks; results go to docs/BENCHMARKS.md by hand, with this command
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.pipeline
