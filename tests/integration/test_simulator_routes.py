@@ -129,3 +129,35 @@ def test_a_position_fetch_as_standard_clients_do_it(binance):
     notional = abs(float(position["notional"]))
     bracket = next(b for b in brackets["BTCUSDT"] if b["notionalFloor"] <= notional < b["notionalCap"])
     assert float(position["maintMargin"]) == pytest.approx(notional * bracket["maintMarginRatio"] - bracket["cum"])
+
+
+def test_an_internal_failure_is_binances_unknown_error_not_a_stack_trace():
+    """A handler that fails unexpectedly answers Binance's 500 -1000 in JSON; the cause goes to the log only."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from quantum_trader.exchange.simulator.server import SimulatorApp
+
+    async def scenario() -> tuple[int, dict]:
+        app = SimulatorApp(SimulatorSpec(), symbols=["BTCUSDT"], credentials={API_KEY: API_SECRET}).application()
+
+        async def broken(request: web.Request) -> web.Response:
+            raise RuntimeError("a bug in the simulator")
+
+        app.router.add_get("/fapi/v1/broken", broken)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/fapi/v1/broken") as r:
+                return r.status, await r.json()
+        finally:
+            await runner.cleanup()
+
+    status, body = asyncio.run(scenario())
+    assert status == 500
+    assert body == {"code": -1000, "msg": "An unknown error occurred while processing the request."}
