@@ -67,7 +67,7 @@ def test_the_summary_text_has_every_figure_and_where_things_are():
         "run time    1m 40s",
         "5,000 (50.0 bars/s)",
         "4 sent, 2 filled",
-        "governor: cooldown 2",
+        "2 governor: cooldown; 1 apply-layer: approval_expired",
         "2 open (BTCUSDT, ETHUSDT)",
         "+29.25 USDT after 1.25 fees (realized +30.50); equity 10,029.25",
         "/state/run/ledger.json",

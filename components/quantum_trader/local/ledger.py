@@ -132,7 +132,7 @@ def render_summary(ledger: RunLedger, summary: Summary, *, forced: bool = False)
         ("orders", f"{summary.orders:,} sent, {summary.fills:,} filled"),
         (
             "rejections",
-            ", ".join(f"{reason} {count}" for reason, count in summary.rejections.items()) or "none",
+            "; ".join(f"{count} {reason}" for reason, count in summary.rejections.items()) or "none",
         ),
         (
             "positions",
