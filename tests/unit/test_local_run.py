@@ -180,6 +180,16 @@ def test_data_and_speed_go_into_the_policys_own_fields(tmp_path):
     assert apply_run_options(untouched, [], 60.0).market_data.speed == 60.0
 
 
+def test_speed_has_no_meaning_for_live_market_data(tmp_path):
+    from quantum_trader.contracts.policy import PolicyError
+
+    live = PolicySpec.model_validate({"marketData": {"source": "live"}})
+    with pytest.raises(PolicyError, match="--speed paces a replay"):
+        apply_run_options(live, [], 10.0)
+    replayed = apply_run_options(live, [str(kline(tmp_path, "ETHUSDT-1h-2024-01.csv"))], 10.0)
+    assert replayed.market_data.source is MarketDataSource.REPLAY and replayed.market_data.speed == 10.0
+
+
 def test_data_refuses_two_files_of_one_symbol_and_unmatched_patterns(tmp_path):
     kline(tmp_path, "ETHUSDT-1h-2024-01.csv")
     kline(tmp_path, "ETHUSDT-1m-2024-01.csv")

@@ -87,6 +87,8 @@ def apply_run_options(policy: PolicySpec, data: Sequence[str], speed: float | No
         files, symbols = replay_symbols(data)
         update.update(source=MarketDataSource.REPLAY, files=files)
     if speed is not None:
+        if market.source is MarketDataSource.LIVE and not data:
+            raise PolicyError("--speed paces a replay, and this policy's marketData.source is live")
         update["speed"] = speed
     if not update:
         return policy
