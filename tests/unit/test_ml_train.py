@@ -167,3 +167,45 @@ def test_training_on_the_pypi_sample_is_reproducible(tmp_path):
     assert first.digest == second.digest
     assert first.manifest["training"]["data"][0]["symbol"] == "BTCUSD"
     assert set(first.summary["pnl"]) == {"ensemble", "buy_and_hold", "baseline"}
+
+
+def test_qt_train_prints_the_same_digest_and_writes_the_report(trained, shared_klines, tmp_path):
+    from click.testing import CliRunner
+
+    from quantum_trader.cli import main
+
+    args = ["train", "--quiet", "--max-bars", "1500", "--folds", "2", "--embargo", "12", "--xgb-rounds", "20",
+            "--epochs", "3", "--out", str(tmp_path / "tiny")]
+    for f in FILES:
+        args += ["--data", str(shared_klines / f)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"digest  {trained.digest}" in result.output
+    assert (tmp_path / "tiny" / "report" / "index.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/nonexistent/*.csv", "--out", "m"], "no kline file matches"),
+        (["--data", "{btc}", "--out", "bad name"], "the folder name is the model name"),
+        (["--data", "{btc}", "--max-bars", "300", "--out", "m"], "need at least 500"),
+        (["--data", "{btc}", "--data", "{btc_1m}", "--max-bars", "600", "--out", "m"], "one bar interval, got 1h, 1m"),
+        (["--data", "{btc}", "--horizon", "0", "--out", "m"], "--horizon"),
+    ],
+)
+def test_qt_train_user_mistakes_are_one_line_and_exit_2(shared_klines, tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from quantum_trader.cli import main
+
+    one_minute = "BTCUSDT-1m-2025-05-05_2025-06-23.csv"
+    files = {"btc": str(shared_klines / FILES[0]), "btc_1m": str(shared_klines / one_minute)}
+    argv = ["train", "--quiet", *[a.format(**files) if a.startswith("{") else a for a in args]]
+    argv = [str(tmp_path / a) if prev == "--out" else a for prev, a in zip(["", *argv[:-1]], argv, strict=True)]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert message in result.output and "Traceback" not in result.output
+    if "--horizon" not in args:
+        assert len(lines) == 1 and lines[0].startswith("qt: error: ")
