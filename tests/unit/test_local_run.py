@@ -270,3 +270,19 @@ def test_the_stop_order_of_a_partial_stack_keeps_its_relative_order():
         ["governor"], ["apply-layer"], ["position-state"]
     ]
     assert stop_stages([]) == []
+
+
+@pytest.mark.parametrize(
+    ("codes", "outcome"),
+    [
+        ({"a-0": 0, "b-0": 0}, "all exited 0"),
+        ({"a-0": 0, "b-0": -15}, "b-0 stopped while still starting"),
+        ({"a-0": 1, "b-0": -9}, "not clean: a-0 exited (1), b-0 crashed (SIGKILL)"),
+        ({"a-0": 1, "b-0": -15}, "not clean: a-0 exited (1); b-0 stopped while still starting"),
+    ],
+)
+def test_how_a_stop_went(codes, outcome):
+    from quantum_trader.local.app import stop_outcome
+    from quantum_trader.local.supervisor import describe_stop
+
+    assert stop_outcome(codes, {pod: describe_stop(code) for pod, code in codes.items()}) == outcome

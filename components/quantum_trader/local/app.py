@@ -33,7 +33,7 @@ from quantum_trader.data.errors import DataError
 from quantum_trader.local.ledger import LEDGER_FILE, read_ledger, render_summary, summarize, write_ledger
 from quantum_trader.local.redis_server import EmbeddedRedis, RedisStartError, find_binary
 from quantum_trader.local.status import StackStatus, build_status, gather, render, render_text
-from quantum_trader.local.supervisor import Supervisor
+from quantum_trader.local.supervisor import Supervisor, clean_stop
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,9 @@ def run_local(options: RunOptions) -> int:
     if final is not None:
         print(render_text(final), flush=True)
     print(render_summary(ledger, summarize(ledger), forced=signals.force.is_set()), flush=True)
-    return 0
+    # a component that did not stop cleanly on an orderly stop makes the run fail; a forced stop was asked for
+    clean = signals.force.is_set() or all(clean_stop(code) for code in codes.values())
+    return 0 if clean else 1
 
 
 def with_process_states(status: StackStatus, processes: dict[str, tuple[str, int, str]]) -> StackStatus:
@@ -258,10 +260,19 @@ def _watch(
         signals.stop.wait(0.25)
 
 
+def stop_outcome(codes: dict[str, int], states: dict[str, str]) -> str:
+    """One phrase on how the stop went: ``all exited 0``, or who did not and how."""
+    failed = [f"{pod} {states[pod]}" for pod, code in codes.items() if not clean_stop(code)]
+    early = [pod for pod, code in codes.items() if code != 0 and clean_stop(code)]
+    parts = []
+    if failed:
+        parts.append("not clean: " + ", ".join(failed))
+    if early:
+        parts.append(", ".join(early) + " stopped while still starting")
+    return "; ".join(parts) or "all exited 0"
+
+
 def _report_stopped(codes: dict[str, int], supervisor: Supervisor) -> None:
+    states = {pod: process.state for pod, process in supervisor.processes.items()}
     order = ", ".join(codes)
-    failed = {pod: code for pod, code in codes.items() if code != 0}
-    outcome = "all exited 0" if not failed else "not clean: " + ", ".join(
-        f"{pod} {supervisor.processes[pod].state}" for pod in failed
-    )
-    print(f"qt: stopped {len(codes)} components ({order}): {outcome}", file=sys.stderr, flush=True)
+    print(f"qt: stopped {len(codes)} components ({order}): {stop_outcome(codes, states)}", file=sys.stderr, flush=True)

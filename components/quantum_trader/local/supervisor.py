@@ -53,6 +53,20 @@ class WiringError(ValueError):
     pass
 
 
+def describe_stop(code: int) -> str:
+    """How a process ended on an orderly stop. Dying of the SIGTERM itself means it was still importing
+    (a component handles SIGTERM from before it reads anything): it held nothing, so that stop is clean."""
+    if code == 0:
+        return "stopped"
+    if code == -signal.SIGTERM:
+        return "stopped (while starting)"
+    return describe_exit(code)
+
+
+def clean_stop(code: int) -> bool:
+    return code in (0, -signal.SIGTERM)
+
+
 def stop_stages(components: list[str]) -> list[list[str]]:
     """The stop order: stages stopped one after the other, the components of one stage together.
 
@@ -331,7 +345,7 @@ class Supervisor:
                     time.sleep(0.02)
                 codes[pod] = popen.returncode
                 process.last_exit = popen.returncode
-                process.state = "stopped" if popen.returncode == 0 else describe_exit(popen.returncode)
+                process.state = describe_stop(popen.returncode)
                 if stopped is not None:
                     stopped(pod, process)
         try:
