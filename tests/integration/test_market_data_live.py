@@ -9,6 +9,8 @@ bar the server repeats on reconnect, and releases entries once fresh and drained
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
@@ -50,6 +52,11 @@ def decision(r, keys, plan_id: str) -> dict | None:
         if data["plan_id"] == plan_id:
             return data
     return None
+
+
+def counters(r, keys) -> dict:
+    heartbeat = r.hgetall(keys.heartbeat("market-data", "market-data-0"))
+    return json.loads(heartbeat.get("counters") or "{}")
 
 
 @pytest.fixture
@@ -109,22 +116,31 @@ def test_a_dropped_websocket_reconnects_backfills_without_duplicates_and_holds_e
         wait_for(lambda: market.connects > connects, 60, "the reconnect", supervisor)
         wait_for(lambda: not r.hexists(keys.halts, "market-data"), 30, "entries released", supervisor)
         assert r.hget(published, "published") == bars_through(CLOSED + 5), "no bar twice"
+
+        wait_for(lambda: counters(r, keys).get("duplicates") == 2, 30, "the repeated bars counted", supervisor)
+        assert counters(r, keys)["gaps"] == 2, "one hole per symbol, after the first drop"
+
+        # market-data SIGKILLed while bars close: the restarted process resumes after the last bar it published
+        os.kill(supervisor.pods("market-data")[0].popen.pid, signal.SIGKILL)
+        market.advance(2)
+        wait_for(lambda: r.hget(published, "published") == bars_through(CLOSED + 7), 60, "the resume", supervisor)
+        wait_for(lambda: not r.hexists(keys.halts, "market-data"), 30, "entries released", supervisor)
+        assert supervisor.pods("market-data")[0].restarts == 1
     finally:
         supervisor.stop()
 
     published_ticks = ticks(r, keys)
     ids = [i for i, _ in published_ticks]
-    assert len(ids) == len(set(ids)) == int(bars_through(CLOSED + 5)), "every bar once"
+    assert len(ids) == len(set(ids)) == int(bars_through(CLOSED + 7)), "every bar once"
     for symbol in SYMBOLS:
         mine = [t for _, t in published_ticks if t["symbol"] == symbol]
-        bars = market.bars[symbol][FIRST : CLOSED + 5]
+        bars = market.bars[symbol][FIRST : CLOSED + 7]
         assert [t["event_time"] for t in mine] == [b.close_time for b in bars], f"{symbol}: in order, none missing"
         assert [t["price"] for t in mine] == [b.close for b in bars]
         sources = [t["source"] for t in mine]
         assert sources[:WARMUP] == ["live:backfill"] * WARMUP, "the warm-up came over REST"
-        assert sources[WARMUP:-3] == ["live"] * 3, "the bars closed while connected came over the websocket"
-        # of the three closed while disconnected, the last one is repeated on reconnect; the others are a hole
-        assert sources[-3:] == ["live:backfill", "live:backfill", "live"], "the missed bars came over REST"
-    heartbeat = r.hgetall(keys.heartbeat("market-data", "market-data-0"))
-    counters = json.loads(heartbeat.get("counters") or "{}")
-    assert counters["gaps"] == 2 and counters["duplicates"] == 2, counters
+        assert sources[WARMUP : WARMUP + 3] == ["live"] * 3, "bars closed while connected came over the websocket"
+        # of bars closed while disconnected (or dead), the last is repeated on reconnect; the others are a hole
+        assert sources[WARMUP + 3 :] == ["live:backfill", "live:backfill", "live", "live:backfill", "live"]
+    after_restart = counters(r, keys)
+    assert after_restart["gaps"] == 2 and after_restart["duplicates"] == 0, after_restart

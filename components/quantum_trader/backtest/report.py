@@ -224,7 +224,8 @@ def render_html(result: Outcome, headline: Mapping[str, Any], run: Mapping[str, 
             parts.append(f'<p class="note">First {MAX_TRADE_ROWS} shown; ledger.json holds all.</p>')
     parts.append(
         f'<p class="note">Replayed in lockstep through the component processes and the exchange simulator: '
-        f"{run.get('bars_per_second', 0):,.0f} bars/s over {run.get('elapsed_seconds', 0):.1f} s. "
+        f"{run.get('bars_per_second', 0):,.0f} bars/s over {run.get('replay_seconds', 0):.1f} s of replay "
+        f"({run.get('elapsed_seconds', 0):.1f} s with start-up and stop). "
         "Files: summary.json, ledger.json.</p></body></html>"
     )
     return "\n".join(parts) + "\n"

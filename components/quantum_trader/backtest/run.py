@@ -186,6 +186,8 @@ class Backtest:
         self.total = len(self.marks)
         self.instance = "backtest" if redis_url is None else f"bt-{uuid.uuid4().hex[:10]}"
         self.keys = Keys(self.instance)
+        self.replay_seconds = 0.0
+        """from the first bar published to the last bar's effects drained (start-up and stop excluded)"""
 
     def run(self, progress: ProgressHook | None = None) -> BacktestResult:
         """Replay everything through the stack, then write the report into ``out``."""
@@ -258,6 +260,7 @@ class Backtest:
 
     def _wait(self, client: redis.Redis, supervisor: Supervisor, progress: ProgressHook | None) -> None:
         progress_key = self.keys.component_state("market-data", "progress")
+        first_bar: float | None = None
         while True:
             supervisor.supervise_once()
             for pod, process in supervisor.processes.items():
@@ -266,9 +269,12 @@ class Backtest:
                         f"{pod} exited {process.restarts} times ({process.state}); see {process.log_path}"
                     )
             published = int(client.hget(progress_key, "published") or 0)
+            if published and first_bar is None:
+                first_bar = time.monotonic()
             if progress is not None:
                 progress(published, self.total, supervisor)
             if published >= self.total and drained(client, self.keys):
+                self.replay_seconds = time.monotonic() - (first_bar or time.monotonic())
                 return
             time.sleep(POLL_SECONDS)
 
@@ -287,7 +293,8 @@ class Backtest:
         headline = summary(result, bars=self.total, symbols=policy.symbols)
         run = {
             "elapsed_seconds": round(elapsed, 3),
-            "bars_per_second": round(self.total / elapsed, 1) if elapsed > 0 else 0.0,
+            "replay_seconds": round(self.replay_seconds, 3),
+            "bars_per_second": round(self.total / self.replay_seconds, 1) if self.replay_seconds > 0 else 0.0,
             "restarts": restarts,
             "model": policy.model.name,
             "taker_fee": policy.simulator.taker_fee,
