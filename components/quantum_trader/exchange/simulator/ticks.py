@@ -22,12 +22,15 @@ from redis.exceptions import ResponseError
 
 from quantum_trader.contracts.envelope import dead_letter_record, decode
 from quantum_trader.contracts.messages import Tick
+from quantum_trader.contracts.policy import StreamRetention
 from quantum_trader.contracts.registry import DLQ_SUFFIX
 
 log = logging.getLogger(__name__)
 
 TICK_GROUP = "exchange-sim"
 TICK_STREAM = "market.tick"
+DLQ_MAXLEN = StreamRetention().max_len
+"""as long as every other consumer keeps its DLQ by default: the simulator trims the stream they all share"""
 
 
 async def ensure_group(client: aioredis.Redis, stream_key: str, group: str, start_id: str = "0") -> None:
@@ -92,7 +95,7 @@ async def follow_ticks(
     *,
     block_ms: int = 1000,
     count: int = 200,
-    dlq_maxlen: int = 10_000,
+    dlq_maxlen: int = DLQ_MAXLEN,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Read ticks with XREADGROUP until cancelled (or ``stop`` is set), applying and acking each.
