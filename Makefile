@@ -31,7 +31,7 @@ redis-server:
 		$$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check components operator tests bench
+	$(BIN)/ruff check components operator tests bench harness
 	$(BIN)/lint-imports
 
 ## test: lint, import layering, unit + integration tests (real redis-server), operator tests

@@ -5,10 +5,10 @@ integration tests, served over HTTP, and a redis-server of our own.
 
 What runs:
 
-- the emulator (``tests/operator/integration/emulator.py``: kmock's ``KubernetesEmulator`` subclassed as
+- the emulator (``harness/kube_emulator.py``: kmock's ``KubernetesEmulator`` subclassed as
   ``QtEmulator``) on a loopback port, in a thread of this process; the bench reads it in-process (its object
   store, under its lock) and writes to it over HTTP, as ``kubectl`` would;
-- ``qt operator -A``, started by the tests' ``start_operator`` with a kubeconfig for the emulator and
+- ``qt operator -A``, started by ``harness.operator_process.start_operator`` with a kubeconfig for the emulator and
   ``QT_OPERATOR_REDIS_URL_OVERRIDE`` at our redis-server. ``--timers default`` (the default) runs it with the
   operator's production intervals (the tests' short timers are blanked); ``--timers test`` keeps the tests'
   short ones;
@@ -72,6 +72,8 @@ from kubernetes import client as k8s_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._util import machine, machine_busy_seconds, start_redis, summary, table, wait_for_quiet, write_results
+from harness import operator_process as support
+from harness.kube_emulator import EmulatorThread
 from quantum_trader.bus.control import read_acks, read_control
 from quantum_trader.bus.heartbeat import read_heartbeats
 from quantum_trader.contracts.keys import Keys
@@ -81,8 +83,6 @@ from quantum_trader_operator import naming as n
 from quantum_trader_operator.desired import desired_objects, rollout_order
 from quantum_trader_operator.naming import DRIFT_HALT, instance_id
 from quantum_trader_operator.runtime_io import Kube, object_path
-from tests.operator.integration import support
-from tests.operator.integration.emulator import EmulatorThread
 
 TAGGED = "ghcr.io/quantum-trader/quantum-trader:latest"
 POLICY = "paper-demo"

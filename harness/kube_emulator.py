@@ -23,7 +23,7 @@ operator need, served over real HTTP on a loopback port from a background thread
   write pods and heartbeats themselves when they need them.
 - **label selectors are ignored** by kmock (lists return everything): the operator filters by labels in code.
 - **no garbage collection**: deleting a policy leaves its children (tests use a fresh emulator each).
-- **CRD defaults checked as the API server checks them** (``tests/operator/crd_defaults.py``): a CRD created or
+- **CRD defaults checked as the API server checks them** (``harness/crd_defaults.py``): a CRD created or
   applied with a default that breaks its node's schema or CEL rules (checked without nested defaulting) is a 422
   with the API server's messages — and the emulator refuses to start on such a CRD in ``crds/``, the defect that
   made ``kubectl apply -f crds/`` fail on a real cluster while every emulator test passed.
@@ -50,13 +50,13 @@ import kmock
 import yaml
 from kmock._internal import apps, enums, k8s
 
+from harness import field_ownership
+from harness.crd_defaults import default_violations
+from harness.operator_process import Cluster
 from quantum_trader_operator.models import RESOURCES
 from quantum_trader_operator.naming import GROUP, VERSION
-from tests.operator.crd_defaults import default_violations
-from tests.operator.integration import field_ownership
-from tests.operator.integration.support import Cluster
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 _T = TypeVar("_T")
 _VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 

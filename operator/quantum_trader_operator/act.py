@@ -80,10 +80,11 @@ def policy(sources: Sources, rendered: RenderedPolicy, plan: PolicyPlan, *, drai
         sources.kube.delete(api_version, kind, rendered.namespace, name)
     if client is not None:
         try:
-            for source in plan.clear_halts:
-                redis_io.clear_operator_halt(client, keys, source)
             if plan.clear_rollout:
-                redis_io.clear_rollout(client, keys)
+                redis_io.finish_rollout(client, keys)
+            for source in plan.clear_halts:
+                if not (plan.clear_rollout and source == n.ROLLOUT_HALT):
+                    redis_io.clear_operator_halt(client, keys, source)
             done = redis_io.destroy_groups(client, keys, plan.destroy_groups)
             if done:
                 log.info("%s: removed consumer groups of disabled components: %s", where, done)

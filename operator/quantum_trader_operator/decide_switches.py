@@ -134,6 +134,8 @@ def kill_switch(observed: SwitchObservation, *, deleting: bool = False) -> KillS
                     f"{policy}: scope {owner_spec.scope.value}, reason {owner_spec.reason!r}",
                 )
             )
+    elif kv.terminating(body) and not deleting:
+        pass  # being deleted: the release is the delete handler's, written once (a timer must not race it)
     elif control.engaged and control.engaged_by.startswith(switch_owner(namespace, "")):
         # Only what a KillSwitch engaged is released here: `qt killswitch engage` (engaged_by "person") and a
         # fail-closed state are not ours to release, and the automatic halts are another key altogether.

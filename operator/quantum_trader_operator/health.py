@@ -31,9 +31,10 @@ from typing import Any
 from quantum_trader.contracts.control import ControlState, parse_control
 from quantum_trader.contracts.heartbeat import HeartbeatRecord
 from quantum_trader.contracts.registry import COMPONENTS, DLQ_SUFFIX, WiringReport, check_wiring
+from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.conditions import Condition, condition
-from quantum_trader_operator.drift import COMPONENT_LABEL, DriftFinding, model_findings, summarize
+from quantum_trader_operator.drift import DriftFinding, model_findings, summarize
 from quantum_trader_operator.wiring import WIRING_REASONS, condition_for_report
 
 
@@ -325,14 +326,6 @@ def _explaining_line(message: str) -> str:
     return last if len(last) <= _MAX_DETAIL_CHARS else last[: _MAX_DETAIL_CHARS - 1] + "…"
 
 
-def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
-
-
-def _component_of(obj: Mapping[str, Any]) -> str:
-    return str((_metadata(obj).get("labels") or {}).get(COMPONENT_LABEL, ""))
-
-
 def _time_ms(stamp: str | None) -> int | None:
     if not stamp:
         return None
@@ -404,8 +397,8 @@ def _assess_containers(work: _Assessment, component: str, pods: list[Mapping[str
     """reason -> (restarts, message) of the container with the most restarts"""
     affected: dict[Reason, int] = {}
     running_since: dict[str, int] = {}
-    for pod in sorted(pods, key=lambda p: str(_metadata(p).get("name", ""))):
-        pod_name = str(_metadata(pod).get("name", ""))
+    for pod in sorted(pods, key=lambda p: str(kv.meta(p).get("name", ""))):
+        pod_name = str(kv.meta(pod).get("name", ""))
         since = _pod_running_since(pod, component)
         if since is not None:
             running_since[pod_name] = since
@@ -469,9 +462,9 @@ def _assess_rollout(
     available = int(status.get("availableReplicas") or 0)
     updated = int(status.get("updatedReplicas") or 0)
     current = int(status.get("replicas") or 0)
-    generation = int(_metadata(deployment).get("generation") or 0)
+    generation = int(kv.meta(deployment).get("generation") or 0)
     observed = int(status.get("observedGeneration") or 0)
-    name = _metadata(deployment).get("name", component)
+    name = kv.meta(deployment).get("name", component)
     progressing = _deployment_condition(deployment, "Progressing")
     all_available = available >= desired
 
@@ -748,12 +741,12 @@ def assess(observed: HealthInputs) -> HealthReport:
     kill_switch_condition, rollout_condition = _assess_control(work, control)
 
     enabled_set = set(enabled)
-    deployments = {_component_of(d): d for d in observed.deployments if _component_of(d) in enabled_set}
+    deployments = {kv.component(d): d for d in observed.deployments if kv.component(d) in enabled_set}
     pods: dict[str, list[Mapping[str, Any]]] = {}
     for pod in observed.pods:
         # A terminating pod's state is the past; its replacement is what the component is now.
-        if _component_of(pod) in enabled_set and not _metadata(pod).get("deletionTimestamp"):
-            pods.setdefault(_component_of(pod), []).append(pod)
+        if kv.component(pod) in enabled_set and not kv.meta(pod).get("deletionTimestamp"):
+            pods.setdefault(kv.component(pod), []).append(pod)
     beats: dict[str, list[HeartbeatRecord]] = {}
     for beat in observed.heartbeats:
         if beat.component in enabled_set:

@@ -188,8 +188,12 @@ def write_rollout(client: redis.Redis, keys: Keys, state: RolloutState) -> None:
         pipe.execute()
 
 
-def clear_rollout(client: redis.Redis, keys: Keys) -> None:
-    client.delete(rollout_key(keys))
+def finish_rollout(client: redis.Redis, keys: Keys) -> None:
+    """Release the rollout's halt and forget the rollout, at once: no reader sees one without the other."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.halts, n.ROLLOUT_HALT)
+        pipe.delete(rollout_key(keys))
+        pipe.execute()
 
 
 def write_rollout_hash(client: redis.Redis, keys: Keys, fields: Mapping[str, str]) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 from quantum_trader.contracts.policy import Mode, PolicyError, PolicySpec, parse_policy
 from quantum_trader.contracts.registry import check_wiring
+from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
 
 SINGLE_REPLICA = frozenset({"exchange-sim"})
@@ -52,8 +53,7 @@ def validate_policy(cr: Mapping[str, Any]) -> list[str]:
     objects admitted before a rule existed, or through a path that skips validation.
     """
     problems: list[str] = []
-    meta = cr.get("metadata") or {}
-    policy, namespace = meta.get("name") or "", meta.get("namespace") or ""
+    policy, namespace = kv.name(cr), kv.namespace(cr)
     if not policy or not namespace:
         problems.append("metadata.name and metadata.namespace are required")
     try:

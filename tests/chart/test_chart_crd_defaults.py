@@ -1,4 +1,4 @@
-"""The chart's copy of the CRDs passes the API server's checks of every default (tests/operator/crd_defaults.py).
+"""The chart's copy of the CRDs passes the API server's checks of every default (harness/crd_defaults.py).
 
 `helm install` creates the CRDs from crds-src/ (templates/crds.yaml adds only the keep annotation); a default the API
 server refuses there makes the whole release fail, so both the copy and what helm renders from it are checked.
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.crd_defaults import default_violations
 from tests.chart.chartlib import CHART, find
-from tests.operator.crd_defaults import default_violations
 
 CHART_CRDS = sorted((CHART / "crds-src").glob("*.yaml"))
 

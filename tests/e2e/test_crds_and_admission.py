@@ -1,5 +1,5 @@
 """On the real API server: every CRD and example applies, the CRD Kubernetes 1.36 refused is refused for the reasons
-tests/operator/crd_defaults.py gives, and admission refuses bad specs with the messages the unit tests expect.
+harness/crd_defaults.py gives, and admission refuses bad specs with the messages the unit tests expect.
 
 No operator is needed here: this is what the API server alone decides.
 """
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.crd_defaults import default_violations
 from tests.conftest import REPO
 from tests.e2e.conftest import kubectl, kubectl_apply
-from tests.operator.crd_defaults import default_violations
 
 EXAMPLES = sorted(
     (path.name, index)

@@ -1,6 +1,6 @@
 """Every CRD default satisfies every schema rule and CEL rule as the API server checks it when the CRD is created.
 
-The API server checks a default as written, without filling in nested defaults (tests/operator/crd_defaults.py says
+The API server checks a default as written, without filling in nested defaults (harness/crd_defaults.py says
 how): an object default ``{}`` under a rule ``self.fast < self.slow`` is "no such key", and the CRD is refused. That
 is how ``kubectl apply -f crds/`` failed on Kubernetes 1.36 (issue 12); the CRD it refused is kept in
 fixtures/tradingpolicies-refused-by-kube-1.36.yaml, and the checker must refuse it with the same three messages.
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.crd_defaults import default_violations, defaulted_nodes
 from quantum_trader_operator.crdgen import render_crds
 from quantum_trader_operator.models import RESOURCES
-from tests.operator.crd_defaults import default_violations, defaulted_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 REFUSED_BY_KUBE_1_36 = Path(__file__).parent / "fixtures" / "tradingpolicies-refused-by-kube-1.36.yaml"

@@ -14,8 +14,8 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from harness import field_ownership as server
 from quantum_trader_operator.ownership import foreign_fields, removal_patch
-from tests.operator.integration import field_ownership as server
 
 OURS = "quantum-trader-operator"
 

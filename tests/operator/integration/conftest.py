@@ -1,7 +1,8 @@
 """The real operator (``qt operator`` in a subprocess) against a Kubernetes API emulator and a real redis-server.
 
-``cluster``: the emulator (emulator.py) on a loopback port, a kubeconfig for it, and a raw-JSON client (the
-operator's own ``runtime_io.Kube``) — tests talk to it over HTTP as the operator does, in a fresh namespace.
+``cluster``: the emulator (``harness/kube_emulator.py``) on a loopback port, a kubeconfig for it, and a raw-JSON
+client (the operator's own ``runtime_io.Kube``) — tests talk to it over HTTP as the operator does, in a fresh
+namespace.
 ``operator``: ``qt operator -A`` with that kubeconfig, every policy's Redis overridden to the session's
 redis-server (QT_OPERATOR_REDIS_URL_OVERRIDE), and short timer intervals; its log is printed when a test fails
 (or always with QT_TEST_OPERATOR_LOG=1).
@@ -19,8 +20,8 @@ import pytest
 import redis
 from kubernetes import client as k8s_client
 
+from harness.kube_emulator import EmulatedCluster, EmulatorThread
 from quantum_trader_operator.runtime_io import Kube
-from tests.operator.integration.emulator import EmulatedCluster, EmulatorThread
 from tests.operator.integration.support import Operator, start_operator
 
 

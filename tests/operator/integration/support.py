@@ -1,46 +1,41 @@
-"""Helpers shared by the operator's integration tests (emulator) and e2e tests (a real cluster).
-
-Starting the real operator (``qt operator`` in a subprocess), polling, the example manifests, and writing
-heartbeats and acks into Redis the way components do.
+"""Helpers shared by the operator's integration tests (emulator) and e2e tests (a real cluster): polling, and
+writing heartbeats and the reconciler's status into Redis the way components do. The operator process, the
+cluster client and the example manifests are ``harness.operator_process`` (bench/ runs them too).
 """
 
 from __future__ import annotations
 
-import copy
-import os
-import shutil
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 import redis
-import yaml
 
+from harness.operator_process import OPERATOR_ENV, Cluster, Operator, example, paper_policy, start_operator
 from quantum_trader.bus.heartbeat import write_heartbeat
 from quantum_trader.contracts.heartbeat import HeartbeatRecord
 from quantum_trader.contracts.keys import Keys
 from quantum_trader_operator import naming as n
-from quantum_trader_operator.runtime_io import Kube, KubeError, object_path
-from tests.conftest import REPO, free_port
+from quantum_trader_operator.runtime_io import KubeError
+
+__all__ = [
+    # the harness, here too for the tests that import it from this module (tests/e2e)
+    "OPERATOR_ENV",
+    "Cluster",
+    "Operator",
+    "condition",
+    "example",
+    "heartbeat_all",
+    "keys_for",
+    "paper_policy",
+    "reconciled",
+    "start_operator",
+    "wait_for",
+    "wait_handled",
+]
 
 T = TypeVar("T")
-
-OPERATOR_ENV = {
-    # Short intervals so each scenario takes seconds; the defaults are 15 s / 5 s / 30 s / 10 s / 5 s / 15 s.
-    "QT_OPERATOR_TIMER_SECONDS": "1",
-    "QT_OPERATOR_KILLSWITCH_TIMER_SECONDS": "0.5",
-    "QT_OPERATOR_EXITROLLOUT_TIMER_SECONDS": "1",
-    "QT_OPERATOR_DRIFT_SETTLE_SECONDS": "2",
-    "QT_OPERATOR_REAPPLY_SECONDS": "0.5",
-    "QT_OPERATOR_DRAIN_SECONDS": "1",
-    "QT_OPERATOR_REDIS_STORAGE": "",
-}
 
 
 def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> T:
@@ -57,137 +52,6 @@ def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.
                 return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-@dataclass
-class Cluster:
-    """A namespace of an API server (the emulator or a real cluster), through the operator's own raw client."""
-
-    kube: Kube
-    namespace: str
-    kubeconfig: Path | None = None
-
-    def get(self, kind: str, name: str, api_version: str = n.API_VERSION) -> dict[str, Any] | None:
-        return self.kube.get(api_version, kind, self.namespace, name)
-
-    def list(self, kind: str, api_version: str = n.API_VERSION) -> list[dict[str, Any]]:
-        return self.kube.list(api_version, kind, self.namespace)
-
-    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        manifest = copy.deepcopy(manifest)
-        manifest["metadata"]["namespace"] = self.namespace
-        return self.kube.create(manifest)
-
-    def merge_patch(self, api_version: str, kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.kube.request(
-            "PATCH",
-            object_path(api_version, kind, self.namespace, name),
-            body=body,
-            content_type="application/merge-patch+json",
-        )
-
-    def json_patch(
-        self, api_version: str, kind: str, name: str, ops: list[dict[str, Any]], *, field_manager: str
-    ) -> dict[str, Any]:
-        """A JSON patch as another tool sends it (``kubectl set env`` ...): an Update by ``field_manager``."""
-        return self.kube.request(
-            "PATCH",
-            object_path(api_version, kind, self.namespace, name),
-            query=[("fieldManager", field_manager)],
-            body=ops,
-            content_type="application/json-patch+json",
-        )
-
-    def delete(self, kind: str, name: str, api_version: str = n.API_VERSION) -> None:
-        self.kube.delete(api_version, kind, self.namespace, name)
-
-    def status(self, kind: str, name: str) -> dict[str, Any]:
-        return (self.get(kind, name) or {}).get("status") or {}
-
-    def events(self, reason: str | None = None) -> list[dict[str, Any]]:
-        events = self.kube.list("v1", "Event", self.namespace)
-        return [e for e in events if reason is None or e.get("reason") == reason]
-
-
-@dataclass
-class Operator:
-    process: subprocess.Popen
-    log: Path
-    liveness: str
-    metrics: str
-
-    def alive(self) -> bool:
-        if self.process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(self.liveness, timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def scrape(self) -> str:
-        with urllib.request.urlopen(self.metrics, timeout=2) as response:
-            return response.read().decode()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-
-    def tail(self, chars: int = 12000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-
-def _qt() -> list[str]:
-    found = shutil.which("qt", path=str(Path(sys.executable).parent))
-    return [found] if found else [sys.executable, "-m", "quantum_trader_operator"]
-
-
-def start_operator(
-    *, kubeconfig: Path | None, redis_url: str, log: Path, args: Sequence[str] = ("-A",), startup: float = 30
-) -> Operator:
-    """``qt operator`` in a subprocess with every policy's Redis at ``redis_url``; returns once /healthz answers."""
-    liveness_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        **OPERATOR_ENV,
-        "QT_OPERATOR_REDIS_URL_OVERRIDE": redis_url,
-        "QT_OPERATOR_METRICS_PORT": str(metrics_port),
-        "PYTHONUNBUFFERED": "1",
-    }
-    if kubeconfig is not None:
-        env["KUBECONFIG"] = str(kubeconfig)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [*_qt(), "operator", *args, "--liveness", f"http://127.0.0.1:{liveness_port}/healthz"],
-            env=env,
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    op = Operator(process, log, f"http://127.0.0.1:{liveness_port}/healthz", f"http://127.0.0.1:{metrics_port}/metrics")
-    deadline = time.monotonic() + startup
-    while not op.alive():
-        if process.poll() is not None or time.monotonic() > deadline:
-            op.stop()
-            pytest.fail(f"the operator did not start:\n{op.tail(4000)}")
-        time.sleep(0.2)
-    return op
-
-
-# ------------------------------------------------------------------ test data
-
-
-def example(name: str) -> dict[str, Any]:
-    return yaml.safe_load((REPO / "examples" / name).read_text())
-
-
-def paper_policy() -> dict[str, Any]:
-    """examples/policy.yaml: paper mode, managed Redis (reached through the override), three symbols."""
-    return example("policy.yaml")
 
 
 def keys_for(namespace: str, policy: str) -> Keys:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.operator.integration import emulator as emulator_module
-from tests.operator.integration.emulator import EmulatedCluster, EmulatorThread
+from harness import kube_emulator as emulator_module
+from harness.kube_emulator import EmulatedCluster, EmulatorThread
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REFUSED = FIXTURES / "tradingpolicies-refused-by-kube-1.36.yaml"

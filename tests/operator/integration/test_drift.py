@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import redis
 
+from harness.kube_emulator import EmulatedCluster
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.naming import DRIFT_HALT
-from tests.operator.integration.emulator import EmulatedCluster
-from tests.operator.integration.support import Operator, keys_for, paper_policy, wait_for, wait_handled
+from tests.operator.integration.support import Operator, condition, keys_for, paper_policy, wait_for, wait_handled
 
 TAGGED = "ghcr.io/quantum-trader/quantum-trader:latest"
 
 
 def _image_consistent(status: dict) -> str | None:
-    return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "ImageConsistent"), None)
+    return condition(status, "ImageConsistent").get("status")
 
 
 def test_edited_image_is_reverted_and_drift_halt_cleared(
@@ -63,7 +63,7 @@ def test_edited_image_is_reverted_and_drift_halt_cleared(
     states = [s for s in (_image_consistent(h) for h in history) if s]
     assert "False" in states, states
     false_status = next(h for h in history if _image_consistent(h) == "False")
-    message = next(c["message"] for c in false_status["conditions"] if c["type"] == "ImageConsistent")
+    message = condition(false_status, "ImageConsistent")["message"]
     assert TAGGED in message
     assert false_status["drift"].startswith("image:governor")
     wait_for(lambda: _image_consistent(cluster.status("TradingPolicy", name)) == "True", what="ImageConsistent=True")

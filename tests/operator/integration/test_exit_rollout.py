@@ -7,8 +7,8 @@ import copy
 
 import redis
 
+from harness.kube_emulator import EmulatedCluster
 from quantum_trader.exits.rollout import stable_bucket
-from tests.operator.integration.emulator import EmulatedCluster
 from tests.operator.integration.support import Operator, example, keys_for, paper_policy, wait_for
 
 

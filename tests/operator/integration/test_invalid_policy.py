@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import copy
 
+from harness.kube_emulator import EmulatedCluster
 from quantum_trader_operator import naming as n
-from tests.operator.integration.emulator import EmulatedCluster
 from tests.operator.integration.support import Operator, condition, paper_policy, wait_for
 
 

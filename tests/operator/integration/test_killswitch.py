@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
+from harness.kube_emulator import EmulatedCluster
 from quantum_trader.bus.control import ack_generation, read_control
 from quantum_trader.contracts.policy import parse_policy
 from quantum_trader_operator import naming as n
-from tests.operator.integration.emulator import EmulatedCluster
 from tests.operator.integration.support import (
     Operator,
+    condition,
     example,
     heartbeat_all,
     keys_for,
@@ -71,14 +72,7 @@ def test_kill_switch_engages_counts_acks_and_releases_on_delete(
     latency = status["ackLatencySeconds"]
     # The policy shows the switch too.
     wait_for(
-        lambda: (
-            next(
-                c["status"]
-                for c in cluster.status("TradingPolicy", name).get("conditions", [])
-                if c["type"] == "KillSwitchEngaged"
-            )
-            == "True"
-        ),
+        lambda: condition(cluster.status("TradingPolicy", name), "KillSwitchEngaged").get("status") == "True",
         what="KillSwitchEngaged=True on the policy",
     )
     assert cluster.status("KillSwitch", switch_name)["ackLatencySeconds"] == latency  # kept, not re-measured

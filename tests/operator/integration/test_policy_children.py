@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import redis
 
+from harness.kube_emulator import EmulatedCluster
 from quantum_trader.contracts.policy import parse_policy
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.desired import EXECUTORS
 from quantum_trader_operator.naming import DRIFT_HALT, ROLLOUT_HALT
-from tests.operator.integration.emulator import EmulatedCluster
 from tests.operator.integration.support import (
     Operator,
     condition,

@@ -10,15 +10,16 @@ from collections.abc import Callable
 
 import redis
 
+from harness.kube_emulator import EmulatedCluster
 from quantum_trader.contracts.policy import parse_policy
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.desired import EXECUTORS
 from quantum_trader_operator.naming import DRIFT_HALT, ROLLOUT_HALT
 from quantum_trader_operator.redis_io import read_rollout
 from tests.conftest import free_port
-from tests.operator.integration.emulator import EmulatedCluster
 from tests.operator.integration.support import (
     Operator,
+    condition,
     heartbeat_all,
     keys_for,
     paper_policy,
@@ -81,9 +82,9 @@ def test_new_digest_rolls_out_halted_executors_last(
     status = cluster.status("TradingPolicy", name)
     assert status["drift"] == "none", status["drift"]
     assert status["health"] == "Progressing" and "rollout" in status["message"], status["message"]
-    rolling = next(c for c in status["conditions"] if c["type"] == "RolloutInProgress")
+    rolling = condition(status, "RolloutInProgress")
     assert rolling["status"] == "True" and NEW_DIGEST[:19] in rolling["message"]
-    assert next(c for c in status["conditions"] if c["type"] == "KillSwitchEngaged")["status"] == "False"
+    assert condition(status, "KillSwitchEngaged")["status"] == "False"
     assert DRIFT_HALT not in r_client.hgetall(keys.halts)
     assert ROLLOUT_HALT in r_client.hgetall(keys.halts)
 
