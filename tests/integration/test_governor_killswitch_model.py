@@ -12,7 +12,7 @@ import itertools
 
 import redis
 
-from quantum_trader.contracts.control import PlanVerdict, Scope, plan_verdict
+from quantum_trader.contracts.control import PlanVerdict, Scope, parse_control, parse_scope, plan_verdict
 from quantum_trader.contracts.envelope import decode, encode
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import Plan
@@ -57,3 +57,18 @@ def test_the_lua_kill_switch_verdict_equals_the_model_for_every_scope(
         assert verdict.reason == (expected.value if expected else "approved"), (control, halted, is_entry)
         seen.add(verdict.reason)
     assert seen == {v.value for v in PlanVerdict} | {"approved"}
+
+
+def test_the_scope_model_says_what_each_scope_stops_and_which_is_stronger() -> None:
+    assert sorted(Scope, key=lambda s: s.rank) == [Scope.EXITS, Scope.ENTRIES, Scope.ALL]
+    assert [s for s in Scope if s.stops_entries] == [Scope.ENTRIES, Scope.ALL]
+    assert [s for s in Scope if s.stops_exits] == [Scope.ALL]
+    assert [s for s in Scope if s.shadows_advanced_exits] == [Scope.EXITS, Scope.ALL]
+    assert parse_scope("") is Scope.ALL and parse_scope(None) is Scope.ALL  # no scope: fail closed
+    assert parse_scope("sideways") is None
+    # The components' view agrees with the plan verdicts for every readable engaged scope.
+    for scope in Scope:
+        raw = {"state": "engaged", "scope": scope.value, "generation": "2", "flatten": "0"}
+        state = parse_control(raw)
+        assert state.blocks_entries == (plan_verdict(raw, halted=False, entry=True) is not None)
+        assert state.blocks_exits == (plan_verdict(raw, halted=False, entry=False) is not None)

@@ -118,3 +118,25 @@ def test_executor_path_is_applied_last(cluster: EmulatedCluster, operator: Opera
     # downstream first: position-state, apply-layer, governor
     assert versions["position-state"] < versions["apply-layer"] < versions["governor"]
     assert cluster.get("TradingPolicy", name) is not None
+
+
+def test_a_deleted_policy_takes_its_control_and_halts_out_of_its_redis(
+    cluster: EmulatedCluster, operator: Operator, r_client: redis.Redis
+) -> None:
+    """An external Redis outlives the policy: a policy created again under the same name must start released,
+    not under the old one's kill switch, halts or rollout."""
+    manifest = paper_policy()
+    name = manifest["metadata"]["name"]
+    keys = keys_for(cluster.namespace, name)
+    cluster.create(manifest)
+    wait_for(lambda: ROLLOUT_HALT in r_client.hgetall(keys.halts), what="the rollout halt")
+    r_client.hset(keys.ack, "governor/governor-0", "1")
+    other = keys_for(cluster.namespace, "another-policy")
+    r_client.hset(other.control, mapping={"state": "engaged", "scope": "all", "generation": "7"})
+    assert r_client.exists(keys.control, keys.halts, keys.ack) == 3
+
+    cluster.delete("TradingPolicy", name)
+    wait_for(lambda: cluster.get("TradingPolicy", name) is None, what="the policy to be gone (finalizer removed)")
+    assert r_client.exists(keys.control, keys.halts, keys.ack, keys.component_state("operator", "rollout")) == 0
+    assert r_client.hget(other.control, "generation") == "7", "another instance's keys are not touched"
+    assert operator.alive()
