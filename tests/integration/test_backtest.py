@@ -119,3 +119,14 @@ def test_a_backtest_of_a_missing_file_is_one_error_line(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().startswith("qt: error: no kline file matches") and "Traceback" not in done.stderr
+
+
+def test_a_backtest_with_no_bar_left_is_one_error_line(tmp_path, shared_klines):
+    done = subprocess.run(
+        [sys.executable, "-m", "quantum_trader.cli", "backtest", "--data", str(shared_klines / FILES[0]),
+         "--skip-bars", "1000000", "--report", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60, env=_env(),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "qt: error: nothing to replay: the files hold no bar after --skip-bars"
+    assert not (tmp_path / "out").exists(), "nothing started, nothing written"

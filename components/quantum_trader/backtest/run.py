@@ -29,6 +29,7 @@ from quantum_trader.backtest.report import write_report
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.policy import MarketDataSource, Mode, PolicyError, PolicySpec
 from quantum_trader.contracts.registry import STREAMS
+from quantum_trader.data.errors import DataError
 from quantum_trader.data.klines import parse_kline_filename
 from quantum_trader.data.replay import expand_files
 from quantum_trader.data.source import market_ticks
@@ -184,6 +185,8 @@ class Backtest:
         self.redis_kind = redis_kind
         self.marks = replay_marks(policy)
         self.total = len(self.marks)
+        if not self.total:
+            raise DataError("nothing to replay: the files hold no bar after --skip-bars")
         self.instance = "backtest" if redis_url is None else f"bt-{uuid.uuid4().hex[:10]}"
         self.keys = Keys(self.instance)
         self.replay_seconds = 0.0
