@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -151,10 +152,11 @@ def test_qt_run_trades_on_real_data_and_shows_a_ledger(shared_klines, tmp_path):
         env={**_env(), "QT_STATE_DIR": str(tmp_path / "state")},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    final = done.stdout.strip().splitlines()[-1]
-    trades = int(final.split("trades ")[1].split()[0])
-    assert trades >= 1, done.stdout[-3000:]
-    assert "restarts" in done.stdout and "DLQ 0" in final
+    ledger_row = next(line for line in done.stdout.splitlines() if line.strip().startswith("ledger "))
+    ledger = json.loads(Path(ledger_row.split(None, 1)[1].strip()).read_text())
+    assert int(ledger["ledger"]["trades"]) >= 1, done.stdout[-3000:]
+    footer = [line for line in done.stdout.splitlines() if "kill switch" in line and "DLQ" in line][-1]
+    assert "restarts" in done.stdout and "DLQ 0 " in footer, footer
 
 
 def _env() -> dict:
