@@ -4,7 +4,8 @@ It speaks Binance's wire format (``{"stream": "btcusdt@kline_1m", "data": {"e": 
 ``markPriceUpdate``, the 12-field REST rows) over real TCP, so market-data's python-binance client
 runs unchanged against it. The test drives the market: ``advance`` closes bars, ``drop`` cuts every
 connection and refuses new ones until ``restore``; bars closed meanwhile reach the client only by
-backfill. Like Binance after a reconnect, a new connection first gets the last closed bar again.
+backfill. ``silent`` keeps the connections open with nothing on them, as a stalled feed does. Like
+Binance after a reconnect, a new connection first gets the last closed bar again.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class BinanceMarketServer:
         self.closed = dict.fromkeys(symbols, closed)
         """per symbol: bars[:closed] have closed, bars[closed] is the open bar"""
         self.down = False
+        self.silent = False
+        """connections stay open but carry nothing: a stalled feed"""
         self.connections: set[web.WebSocketResponse] = set()
         self.connects = 0
         self.rest_calls: list[dict[str, str]] = []
@@ -114,6 +117,8 @@ class BinanceMarketServer:
         return self._open_bar(symbol).open_time + 1_000
 
     async def _send_all(self, payload: dict, stream: str) -> None:
+        if self.silent:
+            return
         text = json.dumps({"stream": stream, "data": payload})
         for ws in list(self.connections):
             if not ws.closed:

@@ -3,7 +3,8 @@ websocket client against a local server that speaks Binance's stream format — 
 
 The connection drops mid-run while bars keep closing: market-data goes stale and halts entries
 (the governor process rejects an ENTRY), reconnects, backfills the missed bars over REST, drops the
-bar the server repeats on reconnect, and releases entries once fresh and drained.
+bar the server repeats on reconnect, and releases entries once fresh and drained. A stalled feed
+goes stale by the clock; a SIGKILLed market-data resumes after the last bar it published.
 """
 
 from __future__ import annotations
@@ -119,6 +120,12 @@ def test_a_dropped_websocket_reconnects_backfills_without_duplicates_and_holds_e
 
         wait_for(lambda: counters(r, keys).get("duplicates") == 2, 30, "the repeated bars counted", supervisor)
         assert counters(r, keys)["gaps"] == 2, "one hole per symbol, after the first drop"
+
+        # a stalled feed (connected, nothing arrives) goes stale by the clock, and fresh again when data resumes
+        market.silent = True
+        wait_for(lambda: "no data for" in (r.hget(keys.halts, "market-data") or ""), 30, "the stall", supervisor)
+        market.silent = False
+        wait_for(lambda: not r.hexists(keys.halts, "market-data"), 30, "entries released", supervisor)
 
         # market-data SIGKILLed while bars close: the restarted process resumes after the last bar it published
         os.kill(supervisor.pods("market-data")[0].popen.pid, signal.SIGKILL)
