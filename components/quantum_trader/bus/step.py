@@ -56,6 +56,22 @@ class Step:
         self.ops.append([command, *(_arg(a) for a in args)])
         return self
 
+    def tally(self, command: str, key: str, field_name: str, value: float | None = None, *, totals: str) -> Step:
+        """HSET or HDEL one field of a hash of numbers whose ``sum`` and ``count`` ``totals`` keeps.
+
+        The script reads the field's old value and moves the totals by the difference in the same
+        atomic step, so the totals stay exact under any concurrency (``stage.lua``'s ``tally``).
+        """
+        if command == "HSET":
+            if value is None:
+                raise ValueError("a tallied HSET needs a value")
+            self.ops.append(["TALLY", totals, "HSET", key, field_name, _arg(float(value))])
+        elif command == "HDEL":
+            self.ops.append(["TALLY", totals, "HDEL", key, field_name])
+        else:
+            raise ValueError(f"{command} is not a tallied write (HSET or HDEL)")
+        return self
+
     def guard(self, key: str, field_name: str, expected: str | None) -> Step:
         self.guards.append(Guard(key, field_name, expected))
         return self

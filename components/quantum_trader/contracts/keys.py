@@ -71,6 +71,11 @@ class Keys:
         return f"{self.prefix}positions:open"
 
     @property
+    def open_positions_totals(self) -> str:
+        """hash: ``sum`` and ``count`` of ``positions:open``, kept by every script that writes it"""
+        return f"{self.prefix}positions:open:totals"
+
+    @property
     def portfolio_heat(self) -> str:
         return f"{self.prefix}portfolio:heat"
 
@@ -88,6 +93,11 @@ class Keys:
     def reservations(self) -> str:
         """hash: plan_id -> reserved notional of a pending ENTRY (governor writes, position-state releases)"""
         return f"{self.prefix}governor:reservations"
+
+    @property
+    def reservations_totals(self) -> str:
+        """hash: ``sum`` and ``count`` of ``governor:reservations``, kept by every script that writes it"""
+        return f"{self.prefix}governor:reservations:totals"
 
     @property
     def entry_locks(self) -> str:

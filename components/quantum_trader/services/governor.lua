@@ -12,6 +12,7 @@
 -- KEYS[4]  halts                                KEYS[10] cooldowns    (symbol -> last close time)
 -- KEYS[5]  reservations (plan_id -> notional)   KEYS[11] stream apply.approved
 -- KEYS[6]  entry_locks  (symbol -> plan_id)     KEYS[12] stream governor.decision
+-- KEYS[13] open_positions totals (sum, count)   KEYS[14] reservations totals (sum, count)
 -- ARGV[1]  JSON, every number as a string (no float formatting surprises):
 --   group, entry_id, ttl, maxlen, kind, symbol, plan_id, time, notional, leverage, allowlisted ("1"/"0"),
 --   max_leverage, max_per_trade, max_total, max_open, per_hour, per_5m, cooldown_ms,
@@ -59,14 +60,64 @@ local function control_reason()
   return nil
 end
 
+local function finite(n)
+  return n ~= nil and n == n and n ~= math.huge and n ~= -math.huge
+end
+
 local function sum_values(key)
   local total = 0
   for _, v in ipairs(redis.call('HVALS', key)) do
     local n = tonumber(v)
-    if n == nil or n ~= n then return math.huge end  -- unreadable counts as everything (fail closed)
+    if not finite(n) then return math.huge end  -- unreadable counts as everything (fail closed)
     total = total + n
   end
   return total
+end
+
+-- Notional in use is read from running totals (hash fields sum, count), O(1) whatever the number of
+-- entries: every script that writes positions:open or reservations moves them in the same atomic
+-- step (tally below, and bus/stage.lua's copy for position-state and the reconciler). A hash of up
+-- to RESUM_UP_TO entries is summed anyway (as cheap as reading the totals) and its totals put right,
+-- so a write that bypassed them (a version before them, a hand edit) is repaired while the hash is
+-- small; above that, a count that differs from HLEN triggers the same rebuild, once. A value that is
+-- not a finite number leaves no totals, so every plan sums again and counts it as everything (fail closed).
+local RESUM_UP_TO = 64
+local function total_of(key, totals)
+  local n = redis.call('HLEN', key)
+  local kept = redis.call('HMGET', totals, 'sum', 'count')
+  local sum = tonumber(kept[1])
+  if n > RESUM_UP_TO and finite(sum) and tonumber(kept[2]) == n then return sum end
+  local total = sum_values(key)
+  if total == math.huge then
+    if kept[1] or kept[2] then redis.call('DEL', totals) end
+  elseif sum ~= total or tonumber(kept[2]) ~= n then
+    redis.call('HSET', totals, 'sum', string.format('%.17g', total), 'count', n)
+  end
+  return total
+end
+
+-- HSET or HDEL one field of a tallied hash, moving its totals by the difference (a copy of bus/stage.lua's)
+local function tally(totals, command, key, field, value)
+  local old = redis.call('HGET', key, field)
+  if command == 'HSET' then redis.call('HSET', key, field, value) else redis.call('HDEL', key, field) end
+  local delta, count = 0, 0
+  if old then
+    local n = tonumber(old)
+    if not finite(n) then return redis.call('DEL', totals) end
+    delta, count = -n, -1
+  end
+  if command == 'HSET' then
+    local n = tonumber(value)
+    if not finite(n) then return redis.call('DEL', totals) end
+    delta, count = delta + n, count + 1
+  end
+  local remaining
+  if count ~= 0 then remaining = redis.call('HINCRBY', totals, 'count', count) end
+  if remaining == 0 then
+    redis.call('HSET', totals, 'sum', '0')
+  elseif delta ~= 0 then
+    redis.call('HINCRBYFLOAT', totals, 'sum', string.format('%.17g', delta))
+  end
 end
 
 local function entry_reason(t, notional)
@@ -93,7 +144,7 @@ local function entry_reason(t, notional)
   if redis.call('HLEN', KEYS[8]) + redis.call('HLEN', KEYS[5]) >= tonumber(p.max_open) then
     return 'max_open_positions'
   end
-  if exceeds(sum_values(KEYS[8]) + sum_values(KEYS[5]) + notional, tonumber(p.max_total)) then
+  if exceeds(total_of(KEYS[8], KEYS[13]) + total_of(KEYS[5], KEYS[14]) + notional, tonumber(p.max_total)) then
     return 'max_total_notional'
   end
   return nil
@@ -121,7 +172,7 @@ end
 
 if reason == nil then
   if p.kind == 'ENTRY' then
-    redis.call('HSET', KEYS[5], p.plan_id, p.notional)
+    tally(KEYS[14], 'HSET', KEYS[5], p.plan_id, p.notional)
     redis.call('HSET', KEYS[6], p.symbol, p.plan_id)
     redis.call('ZADD', KEYS[9], p.time, p.plan_id)
   else

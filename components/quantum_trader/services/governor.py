@@ -191,6 +191,8 @@ class GovernorScript:
             k.cooldowns,
             k.stream(APPROVED_STREAM),
             k.stream(DECISION_STREAM),
+            k.open_positions_totals,
+            k.reservations_totals,
         ]
 
     def decide(self, envelope: Envelope[Plan], *, group: str, entry_id: str, now_ms: int) -> Verdict:

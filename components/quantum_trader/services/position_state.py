@@ -176,16 +176,16 @@ def settlement_step(
     if fill.changed:
         step.write("HSET", keys.position(symbol), *_flat(fill.position.to_hash()))
     if settlement.release_reservation:
-        step.write("HDEL", keys.reservations, result.plan_id)
+        step.tally("HDEL", keys.reservations, result.plan_id, totals=keys.reservations_totals)
     if settlement.release_entry_lock:
         step.write("HDEL", keys.entry_locks, symbol)
     if settlement.release_exit_lock:
         step.write("HDEL", keys.exit_locks, symbol)
     if settlement.open_notional is not None:
         if settlement.open_notional > 0:
-            step.write("HSET", keys.open_positions, symbol, float(settlement.open_notional))
+            step.tally("HSET", keys.open_positions, symbol, settlement.open_notional, totals=keys.open_positions_totals)
         else:
-            step.write("HDEL", keys.open_positions, symbol)
+            step.tally("HDEL", keys.open_positions, symbol, totals=keys.open_positions_totals)
     if settlement.cooldown_from is not None:
         step.write("HSET", keys.cooldowns, symbol, settlement.cooldown_from)
     if fill.realized_pnl:

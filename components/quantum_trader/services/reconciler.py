@@ -172,12 +172,13 @@ class Reconciler(Service):
                 **levels,
             }
             step.write("HSET", keys.position(symbol), *(x for kv in fields.items() for x in kv))
-            step.write("HSET", keys.open_positions, symbol, repr(truth.qty * truth.entry_price))
+            notional = truth.qty * truth.entry_price
+            step.tally("HSET", keys.open_positions, symbol, notional, totals=keys.open_positions_totals)
         else:
             step.write(
                 "HSET", keys.position(symbol), "side", "FLAT", "qty", "0", "entry_price", "0", "version", str(version)
             )
-            step.write("HDEL", keys.open_positions, symbol)
+            step.tally("HDEL", keys.open_positions, symbol, totals=keys.open_positions_totals)
         snapshot = PositionSnapshot(
             symbol=symbol,
             side=truth.side if truth.is_open else PositionSide.FLAT,
