@@ -151,3 +151,18 @@ def test_a_dropped_websocket_reconnects_backfills_without_duplicates_and_holds_e
         assert sources[WARMUP + 3 :] == ["live:backfill", "live:backfill", "live", "live:backfill", "live"]
     after_restart = counters(r, keys)
     assert after_restart["gaps"] == 2 and after_restart["duplicates"] == 0, after_restart
+
+
+def test_a_bar_length_binance_has_no_stream_for_is_one_error_line_and_exit_2(redis_url, instance, tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "policy.yaml"
+    config.write_text(json.dumps({"marketData": {"source": "live", "barIntervalMs": 61_000}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
+    env.update(QT_INSTANCE=instance, QT_REDIS_URL=redis_url, QT_CONFIG=str(config))
+    done = subprocess.run([sys.executable, "-m", "quantum_trader.cli", "component", "market-data"],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = json.loads(done.stdout.strip())
+    assert line["msg"] == "bad setting: no Binance kline interval is 61000 ms long (marketData.barIntervalMs)"

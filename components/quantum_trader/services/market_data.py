@@ -40,6 +40,7 @@ from quantum_trader.data.live import (
     Action,
     FeedDown,
     KlineEvent,
+    LiveDataError,
     interval_name,
     next_step,
     select_backfill,
@@ -49,6 +50,7 @@ from quantum_trader.data.live import (
 from quantum_trader.data.replay import Pacer, kline_to_tick, tick_id
 from quantum_trader.data.source import market_ticks
 from quantum_trader.runtime.service import ComponentContext, Service
+from quantum_trader.runtime.settings import SettingsError
 
 BATCH = 200
 
@@ -161,7 +163,10 @@ class LiveMarketData(MarketData):
 
     def __init__(self, ctx: ComponentContext) -> None:
         super().__init__(ctx)
-        self.interval = interval_name(self.spec.bar_interval_ms)
+        try:
+            self.interval = interval_name(self.spec.bar_interval_ms)
+        except LiveDataError as error:  # a bad setting: one line and exit 2, never half-started
+            raise SettingsError(str(error)) from None
         self.step_ms = interval_ms(self.interval)
         self.symbols = list(ctx.policy.symbols)
         self.state_key = ctx.keys.component_state("market-data", "live")
