@@ -30,12 +30,12 @@ from quantum_trader_operator.naming import CATEGORY, GROUP, VERSION
 # can hold, and an unbounded string or list makes even `matches` or `all` exceed the budget, which
 # refuses the CRD itself. Real values are far below these.
 MAX_SYMBOLS = 256
-MAX_SYMBOL_LENGTH = 32
+MAX_SYMBOL_LENGTH = 20
 MAX_IMAGE_LENGTH = 512
 MAX_URL_LENGTH = 256
 MAX_REASON_LENGTH = 256
-SYMBOL_PATTERN = "^[A-Z0-9]+$"
-"""the PolicySpec symbols rule (upper-case alphanumeric) as a schema pattern"""
+SYMBOL_PATTERN = "^[A-Z0-9]{2,20}$"
+"""contracts.messages.Symbol as a schema pattern: 2-20 upper-case ASCII letters or digits (no look-alikes)"""
 
 # CEL string literal of contracts.policy.IMAGE_DIGEST: `\\s` in CEL source is the regex `\s`.
 IMAGE_DIGEST_CEL = "'^[^@\\\\s]+@sha256:[0-9a-f]{64}$'"

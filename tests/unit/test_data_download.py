@@ -43,8 +43,12 @@ def test_archive_url_follows_the_archive_layout() -> None:
 def test_bad_arguments_fail_before_any_request(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown interval '2m'"):
         download_klines("BTCUSDT", interval="2m", start="2024-01", end="2024-01", out_dir=tmp_path)
-    with pytest.raises(DataError, match="symbol 'BTC-USDT' must be letters and digits"):
+    with pytest.raises(DataError, match="symbol 'BTC-USDT' must be 2-20 ASCII letters and digits"):
         download_klines("btc-usdt", start="2024-01", end="2024-01", out_dir=tmp_path)
+    # fullwidth and Cyrillic look-alikes pass str.isalnum(); the archive URL must never be built from them
+    for look_alike in ("BTCUSD\uff34", "\u0412TCUSDT"):
+        with pytest.raises(DataError, match="ASCII letters and digits"):
+            download_klines(look_alike, start="2024-01", end="2024-01", out_dir=tmp_path)
     with pytest.raises(DataError, match="after end"):
         download_klines("BTCUSDT", start="2024-02", end="2024-01", out_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from quantum_trader.contracts.messages import SYMBOL_PATTERN
 from quantum_trader.data.cache import atomic_writer, default_data_dir
 from quantum_trader.data.errors import DataError
 from quantum_trader.data.klines import interval_ms, is_header, kline_file_name, parse_kline_lines
@@ -60,8 +61,8 @@ def download_klines(
     ``log`` receives one line per month (downloaded or cached).
     """
     symbol = symbol.strip().upper()
-    if not symbol.isalnum():
-        raise DataError(f"symbol {symbol!r} must be letters and digits, like BTCUSDT")
+    if not SYMBOL_PATTERN.fullmatch(symbol):
+        raise DataError(f"symbol {symbol!r} must be 2-20 ASCII letters and digits, like BTCUSDT")
     interval_ms(interval)
     months = month_range(start, end)
     directory = Path(out_dir).expanduser() if out_dir is not None else default_data_dir()
