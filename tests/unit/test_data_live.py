@@ -138,3 +138,16 @@ def test_fresh_only_when_connected_heard_from_every_symbol_and_nothing_missing()
     assert stale_reasons(connected=True, last_heard_ms=heard, behind=["ETHUSDT"], **common) == [
         "ETHUSDT: bars missing, backfilling"
     ]
+
+
+def test_market_data_keeps_prices_for_held_symbols_off_the_allowlist() -> None:
+    from quantum_trader.services.market_data import watched_symbols
+
+    assert watched_symbols(["BTCUSDT", "ETHUSDT"], []) == ["BTCUSDT", "ETHUSDT"]
+    # a held symbol already allowed is not repeated; a held one off the allowlist is added, in a stable order
+    assert watched_symbols(["BTCUSDT", "ETHUSDT"], ["SOLUSDT", "ETHUSDT", "ADAUSDT"]) == [
+        "BTCUSDT",
+        "ETHUSDT",
+        "ADAUSDT",
+        "SOLUSDT",
+    ]

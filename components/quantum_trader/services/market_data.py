@@ -28,7 +28,7 @@ import queue
 import time
 from collections.abc import Iterator
 
-from quantum_trader.bus.codec import text_dict
+from quantum_trader.bus.codec import text, text_dict
 from quantum_trader.bus.publish import publish
 from quantum_trader.bus.step import Output
 from quantum_trader.contracts.messages import Tick
@@ -55,6 +55,15 @@ from quantum_trader.runtime.settings import SettingsError
 BATCH = 200
 
 
+def watched_symbols(allowlist: list[str], held: list[str]) -> list[str]:
+    """The allowlist, then any symbol with an open position that is not (or no longer) on it, sorted.
+
+    A symbol taken off the allowlist while a position is open still needs prices: its stop-loss and
+    take-profit are watched from ticks, and a stop that never sees a price never fires."""
+    allowed = set(allowlist)
+    return [*allowlist, *sorted({s for s in held if s not in allowed})]
+
+
 class MarketData(Service):
     def __init__(self, ctx: ComponentContext) -> None:
         super().__init__(ctx)
@@ -69,9 +78,13 @@ class MarketData(Service):
 
     def start(self) -> None:
         self.published = int(self.ctx.client.hget(self.progress_key, "published") or 0)
-        self.ticks = itertools.islice(market_ticks(self.spec, self.ctx.policy.symbols), self.published, None)
+        self.ticks = itertools.islice(market_ticks(self.spec, self.symbols_to_publish()), self.published, None)
         self.counters["published"] = self.published
         self.ctx.log.info("market data starting", extra={"source": self.spec.source.value, "resume_at": self.published})
+
+    def symbols_to_publish(self) -> list[str]:
+        held = [text(s) for s in self.ctx.client.hkeys(self.ctx.keys.open_positions)]
+        return watched_symbols(list(self.ctx.policy.symbols), held)
 
     def ready(self) -> tuple[bool, str]:
         return True, "finished" if self.finished else f"{self.published} ticks published"
@@ -168,7 +181,7 @@ class LiveMarketData(MarketData):
         except LiveDataError as error:  # a bad setting: one line and exit 2, never half-started
             raise SettingsError(str(error)) from None
         self.step_ms = interval_ms(self.interval)
-        self.symbols = list(ctx.policy.symbols)
+        self.symbols = self.symbols_to_publish()
         self.state_key = ctx.keys.component_state("market-data", "live")
         self.feed = StreamFeed(
             stream_names(self.symbols, self.interval), self.interval, stream_url=os.environ.get("QT_MARKET_STREAM_URL")
