@@ -204,6 +204,10 @@ class Plan(_HasSymbol):
     take_profit: Price | None = None
     leverage: Leverage = 1
     corr: str = ""
+    position_opened_at: EpochMs | None = Field(
+        default=None,
+        description="EXIT: opened_at of the trade it closes; refused (no_open_position) when another trade is open",
+    )
 
     @model_validator(mode="after")
     def _sized(self) -> Plan:
@@ -213,6 +217,8 @@ class Plan(_HasSymbol):
             raise ValueError("an EXIT plan must be reduce_only")
         if self.kind is PlanKind.ENTRY and self.reduce_only:
             raise ValueError("an ENTRY plan cannot be reduce_only")
+        if self.kind is PlanKind.ENTRY and self.position_opened_at is not None:
+            raise ValueError("an ENTRY plan closes no trade: position_opened_at is for exits")
         return self
 
     @property

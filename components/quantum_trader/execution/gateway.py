@@ -9,6 +9,12 @@ client order id. An order found there is reported with what the exchange did (a 
 with its real quantity, price and fee), whatever the approval's age or the kill switch say now:
 those refusals are for orders never sent, and refusing a sent order would lose its fill. Only
 conditional types skip the lookup: the gateway never sends them, so no earlier attempt can have.
+
+An exit is for one trade: the closing side of a position and, when the plan names it, the trade's
+``opened_at``. One that does not match the position open now — a retry exit-brain made for a trade
+that closed while its fill was on the way, reaching us after the next trade opened — is refused as
+``no_open_position`` before any request: sent, it would be refused by the exchange (reduce-only on
+the wrong side) or close the new trade for a reason that was never about it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from quantum_trader.contracts.control import ControlState
-from quantum_trader.contracts.messages import Approval, OrderType, PlanKind, ResultStatus
+from quantum_trader.contracts.messages import Approval, OrderType, Plan, PlanKind, PositionSide, ResultStatus
 from quantum_trader.exchange.filters import SymbolFilters, check_order, qty_for_notional, round_qty_down
 from quantum_trader.exchange.models import OrderResult
 
@@ -57,6 +63,19 @@ def has_fill(order: OrderResult) -> bool:
     return order.filled or order.executed_qty > 0
 
 
+def other_trade(plan: Plan, open_side: PositionSide | None, open_opened_at: int | None) -> str | None:
+    """Why the open position is not the trade an EXIT plan closes, or None when it is (or unknown).
+
+    ``open_side``/``open_opened_at`` are the position hash's; None where the hash has no value (a
+    check that cannot be made does not block an exit: positions can always be closed).
+    """
+    if open_side is not None and open_side is not PositionSide.FLAT and plan.side is not open_side.closing_side:
+        return f"the exit ({plan.side.value}) closes no {open_side.value} position"
+    if plan.position_opened_at is not None and open_opened_at is not None and plan.position_opened_at != open_opened_at:
+        return f"the exit is for the trade opened at {plan.position_opened_at}, the open one opened at {open_opened_at}"
+    return None
+
+
 def decide_order(
     approval: Approval,
     *,
@@ -67,9 +86,14 @@ def decide_order(
     sent_before: bool = False,
     looked_up: bool = False,
     found: OrderResult | None = None,
+    open_side: PositionSide | None = None,
+    open_opened_at: int | None = None,
 ) -> Send | Refuse | LookUp | Report:
     """What to do with an approval: send a MARKET order of ``qty``, refuse it with a status and reason,
-    look it up first (``sent_before`` and not ``looked_up`` yet), or report the order ``found``."""
+    look it up first (``sent_before`` and not ``looked_up`` yet), or report the order ``found``.
+
+    ``open_qty``, ``open_side`` and ``open_opened_at`` describe the symbol's position as position-state
+    recorded it (the hash); an exit is sent only against the trade it was planned for."""
     plan = approval.plan
     if plan.order_type is not OrderType.MARKET:
         return Refuse(ResultStatus.REJECTED, f"conditional_order_refused: {plan.order_type.value}")
@@ -94,6 +118,9 @@ def decide_order(
     if plan.kind is PlanKind.EXIT:
         if open_qty <= 0:
             return Refuse(ResultStatus.SKIPPED, "no_open_position")
+        mismatch = other_trade(plan, open_side, open_opened_at)
+        if mismatch is not None:
+            return Refuse(ResultStatus.SKIPPED, f"no_open_position: {mismatch}")
         qty = round_qty_down(min(wanted, Decimal(str(open_qty))), filters)
         if qty <= 0:
             return Refuse(ResultStatus.SKIPPED, "exit_below_step")

@@ -176,7 +176,12 @@ def idle_flatten(state: BrainState, generation: int, control: ExitControl) -> Ti
 def exit_plan(
     position: PositionView, decision: ExitDecision, plan_id: str, price: float, time: int, corr: str = ""
 ) -> Plan:
-    """The EXIT plan: the whole position on the closing side, reduce-only MARKET (invariants 5 and 6)."""
+    """The EXIT plan: the whole position on the closing side, reduce-only MARKET (invariants 5 and 6).
+
+    It names the trade it closes (``position_opened_at``): a retry made for a trade that closed
+    meanwhile — exit-brain reads ticks ahead of the fill's snapshot — must not close, or be sent
+    against, the next trade on the symbol (apply-layer refuses it as ``no_open_position``).
+    """
     return Plan(
         symbol=position.symbol,
         plan_id=plan_id,
@@ -190,6 +195,7 @@ def exit_plan(
         time=time,
         price=price,
         corr=corr,
+        position_opened_at=position.opened_at,
     )
 
 

@@ -144,6 +144,8 @@ class GateDecision:
     """the closing side of the position"""
     qty: float
     reason_codes: tuple[str, ...]
+    opened_at: int | None = None
+    """the trade the plan closes (the position read for the decision)"""
 
 
 def _number(raw: Mapping[str, str], name: str, reason: str) -> float:
@@ -232,7 +234,13 @@ def gate(
         raise Hold(HOLD_BELOW_PARTIAL, "HOLD proposal")
     if utilization >= 1.0:
         codes = (*codes, TAG_OVER_LIMIT)
-    return GateDecision(utilization=utilization, side=position.side.closing_side, qty=qty, reason_codes=codes)
+    return GateDecision(
+        utilization=utilization,
+        side=position.side.closing_side,
+        qty=qty,
+        reason_codes=codes,
+        opened_at=position.opened_at,
+    )
 
 
 def evaluate(
@@ -278,4 +286,5 @@ def build_plan(proposal: HarvestProposal, decision: GateDecision, corr: str = ""
         time=proposal.time,
         price=proposal.price,
         corr=corr,
+        position_opened_at=decision.opened_at,
     )

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 
-from quantum_trader.bus.codec import text_dict
+from quantum_trader.bus.codec import text, text_dict
 from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
 from quantum_trader.bus.control import ControlState, parse_control
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
-from quantum_trader.contracts.messages import Approval, ExecutionResult, ResultStatus
+from quantum_trader.contracts.messages import Approval, ExecutionResult, PositionSide, ResultStatus
 from quantum_trader.exchange.client import CommissionRate, ExchangeClient
 from quantum_trader.exchange.errors import DISCONNECTED, ConditionalOrderRefused, ExchangeError
 from quantum_trader.exchange.filters import SymbolFilters
@@ -68,6 +68,16 @@ reads its rate at once if it is still unknown"""
 
 
 
+def position_side(raw: bytes | str | None) -> PositionSide | None:
+    """The recorded side of the position hash; None when absent or not a side (no check is made then)."""
+    if raw is None:
+        return None
+    try:
+        return PositionSide(text(raw))
+    except ValueError:
+        return None
+
+
 def exchange_client(ctx: ComponentContext) -> ExchangeClient:
     """The client for the policy's mode. Paper needs QT_EXCHANGE_URL; every mode needs credentials."""
     settings = ctx.settings
@@ -97,6 +107,9 @@ class OrderState:
     """the kill switch (fail closed)"""
     open_qty: float
     """the symbol's open position (an exit never closes more)"""
+    open_side: PositionSide | None
+    open_opened_at: int | None
+    """which trade is open (an exit planned for another one is refused); None: not recorded"""
     marked: bool
     """the in-flight marker — set by this same round trip, before any request — was set already:
     an earlier attempt may have sent the order, so it is looked up first. Every result's step
@@ -314,11 +327,18 @@ class ApplyLayer(Service):
             pipe.exists(keys.done(self.ctx.name, message_id))
             pipe.hgetall(keys.control)
             pipe.hgetall(keys.halts)
-            pipe.hget(keys.position(symbol), "qty")
+            pipe.hmget(keys.position(symbol), "qty", "side", "opened_at")
             pipe.set(keys.in_flight(plan_id), "1", ex=IN_FLIGHT_TTL_SECONDS, get=True)
-            done, raw_control, halts, qty, marker = pipe.execute()
+            done, raw_control, halts, (qty, side, opened_at), marker = pipe.execute()
         control = parse_control(text_dict(raw_control), text_dict(halts))
-        return OrderState(bool(done), control, float(qty) if qty else 0.0, marker is not None)
+        return OrderState(
+            bool(done),
+            control,
+            float(qty) if qty else 0.0,
+            position_side(side),
+            int(opened_at) if opened_at and text(opened_at).isdigit() else None,
+            marker is not None,
+        )
 
     @no_done_precheck  # in read_order_state, right before any request
     @independent_steps  # an approval reads nothing the results of the same batch write
@@ -362,6 +382,8 @@ class ApplyLayer(Service):
             control=self.control,
             now_ms=self.ctx.now_ms(),
             open_qty=state.open_qty,
+            open_side=state.open_side,
+            open_opened_at=state.open_opened_at,
             filters=self.symbol_filters(plan.symbol),
             sent_before=maybe_sent(delivery.deliveries, state.marked),
         )
