@@ -19,9 +19,15 @@ message id seen twice in one batch is checked again on its own.
 
 A handler marked :func:`independent_steps` (its messages never read what the steps of the same
 batch write) has its steps applied together: one pipelined round trip for up to ``STEP_FLUSH``
-messages or ``STEP_WAIT`` seconds, each step still its own exactly-once script. Handlers that read
-their own stage's writes (say position-state, whose heat builds on the previous step's totals) are
-stepped one by one.
+messages or once the first deferred step has waited ``STEP_WAIT`` seconds (counted from when it was
+deferred, not from when its message was read: a handler that itself takes longer than ``STEP_WAIT``,
+as apply-layer's order does, would otherwise flush every step alone), each step still its own
+exactly-once script. Handlers that read their own stage's writes (say position-state, whose heat
+builds on the previous step's totals) are stepped one by one.
+
+The consumer talks to Redis over a connection of its own (``single_connection_client``) instead of
+checking one out of the pool for every command: a checkout costs a lock and a poll of the socket per
+command, and the loop is single-threaded anyway. Pipelines still take one from the pool.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from quantum_trader.bus.codec import text
 from quantum_trader.bus.step import Step, StepOutcome, StepRunner
@@ -74,6 +82,21 @@ def independent_steps(handler: HandlerT) -> HandlerT:
     """Mark a handler whose messages of one batch may be stepped together (see the module doc)."""
     handler.independent_steps = True  # type: ignore[attr-defined]
     return handler
+
+
+def dedicated_connection(client: redis.Redis) -> redis.Redis:
+    """A client on ``client``'s pool that keeps one connection for every command (not for pipelines).
+
+    A pool checkout finds a connection the server dropped and opens a new one before the command; a
+    kept connection learns it only when the command fails, so it reconnects and sends the command once
+    more. Every command the consumer sends on it may be sent twice: reads, XACK, and stage steps (a
+    step already applied finds its done key).
+    """
+    if client.connection is not None:  # already a single-connection client
+        return client
+    own = redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
+    own.connection.retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    return own
 
 
 class StepConflict(Exception):
@@ -125,7 +148,7 @@ class StreamConsumer:
         observer: Observer | None = None,
         admission: Admission | None = None,
     ) -> None:
-        self.client = client
+        self.client = dedicated_connection(client)
         self.keys = keys
         self.group = group
         self.consumer = consumer
@@ -133,7 +156,7 @@ class StreamConsumer:
         self.retention = retention
         self.batch = batch
         self.stats = ConsumerStats()
-        self.steps = StepRunner(client, keys, group, retention.max_len, retention.done_ttl_seconds)
+        self.steps = StepRunner(self.client, keys, group, retention.max_len, retention.done_ttl_seconds)
         self._observer = observer
         self.admission = admission
         self._stream_of_key = {keys.stream(s): s for s in handlers}
@@ -205,6 +228,7 @@ class StreamConsumer:
         together = bool(getattr(handler, "independent_steps", False))
         acks: list[str] = []
         deferred: list[tuple[_Pending, Step]] = []
+        deferred_since = 0.0
         seen: set[str] = set()
         for item, already_done in zip(pending, done, strict=True):
             item.started = time.perf_counter()
@@ -232,8 +256,10 @@ class StreamConsumer:
                 else:
                     self._finish(item, answer)
                 continue
+            if not deferred:
+                deferred_since = time.perf_counter()
             deferred.append((item, answer or Step()))
-            if len(deferred) >= self.STEP_FLUSH or time.perf_counter() - deferred[0][0].started >= self.STEP_WAIT:
+            if len(deferred) >= self.STEP_FLUSH or time.perf_counter() - deferred_since >= self.STEP_WAIT:
                 self._flush(deferred)
         self._flush(deferred)
         if acks:

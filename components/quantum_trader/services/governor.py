@@ -24,7 +24,7 @@ from importlib import resources
 
 import redis
 
-from quantum_trader.bus.consumer import Delivery, Handler
+from quantum_trader.bus.consumer import Delivery, Handler, no_done_precheck
 from quantum_trader.bus.step import StepOutcome
 from quantum_trader.contracts.envelope import Envelope, encode
 from quantum_trader.contracts.keys import Keys
@@ -216,6 +216,7 @@ class GovernorService(Service):
     def handlers(self) -> dict[str, Handler]:
         return {PLAN_STREAM: self.on_plan}
 
+    @no_done_precheck  # governor.lua checks the done key first and only acks a plan already decided
     def on_plan(self, envelope: Envelope[Plan], delivery: Delivery) -> StepOutcome:
         verdict = self.script.decide(
             envelope, group=self.ctx.name, entry_id=delivery.entry_id, now_ms=self.ctx.now_ms()
@@ -227,7 +228,7 @@ class GovernorService(Service):
         self.count("plans_decided")
         if verdict.approved:
             self.count("plans_approved")
-            log.info(
+            log.debug(  # per plan on the hot path: the counter and governor.decision say it already
                 "approved",
                 extra={"plan_id": plan.plan_id, "symbol": plan.symbol, "kind": plan.kind.value, "source": plan.source},
             )
