@@ -217,13 +217,16 @@ class ConditionType(StrEnum):
     WIRING_VALID = "WiringValid"
     MODEL_CONSISTENT = "ModelConsistent"
     KILL_SWITCH_ENGAGED = "KillSwitchEngaged"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
     EXCHANGE_RECONCILED = "ExchangeReconciled"
 
 
 class Condition(StatusModel):
     """A Kubernetes condition (metav1.Condition's shape)."""
 
-    type: str = Field(description="Ready | ImageConsistent | WiringValid | ModelConsistent | KillSwitchEngaged | ...")
+    type: str = Field(
+        description="Ready | ImageConsistent | WiringValid | ModelConsistent | KillSwitchEngaged | RolloutInProgress"
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True | False | Unknown")
     reason: str | None = Field(default=None, description="CamelCase reason of the last transition")
     message: str | None = Field(default=None, description="human-readable detail")

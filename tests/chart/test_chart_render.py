@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from quantum_trader_operator import naming as n
-from quantum_trader_operator.desired import OperatorSettings, desired_objects
+from quantum_trader_operator.desired import MANAGED_REDIS_IMAGE, OperatorSettings, desired_objects
 from tests.chart.chartlib import CHART, DIGEST, NAMESPACE, RELEASE, REPO, VARIANTS, Helm, HelmError, find, one
 
 OLDEST = "1.30"
@@ -229,7 +229,7 @@ def test_operator_environment_is_what_the_operator_reads(rendered) -> None:
         assert {k for k in env if k.startswith("QT_OPERATOR_")} <= read, variant
     env = _env(_container(one(rendered("default"), "Deployment")))
     assert env["QT_OPERATOR_METRICS_PORT"] == "9200"
-    assert OperatorSettings.from_env(env) == OperatorSettings(redis_image="redis:7.4-alpine", redis_storage="1Gi")
+    assert OperatorSettings.from_env(env) == OperatorSettings(redis_image=MANAGED_REDIS_IMAGE, redis_storage="1Gi")
     custom = OperatorSettings.from_env(_env(_container(one(rendered("managed-redis-custom"), "Deployment"))))
     assert custom == OperatorSettings(
         redis_image="redis:7.4-alpine@sha256:" + "ab" * 32, redis_storage=None, redis_storage_class="fast-ssd"

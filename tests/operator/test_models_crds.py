@@ -206,3 +206,10 @@ def test_models_modules_stay_pure() -> None:
         text = (package / name).read_text()
         for forbidden in ("import kopf", "from kopf", "import kubernetes", "from kubernetes"):
             assert forbidden not in text, f"{name}: {forbidden}"
+
+
+def test_the_crd_models_condition_types_are_the_ones_health_reports() -> None:
+    from quantum_trader_operator.health import CONDITION_REASONS
+    from quantum_trader_operator.models import ConditionType
+
+    assert {c.value for c in ConditionType} == set(CONDITION_REASONS)
