@@ -6,7 +6,7 @@ import json
 import time
 
 from quantum_trader.bus.codec import text
-from quantum_trader.bus.consumer import Delivery, Handler
+from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.messages import PositionSide, TradeIntent
@@ -15,6 +15,8 @@ from quantum_trader.execution.sizing import Skip, plan_for_intent
 from quantum_trader.runtime.service import ComponentContext, Service
 
 FILTERS_TTL_SECONDS = 60.0
+FILTERS_MISSING_RETRY_SECONDS = 1.0
+"""a symbol without published filters re-reads them at most this often, not on every intent of it"""
 FILTERS_WAIT_SECONDS = 120.0
 
 
@@ -34,7 +36,8 @@ class IntentBridge(Service):
 
     def filters(self, symbol: str) -> SymbolFilters | None:
         """The symbol's exchange filters as apply-layer published them (re-read every minute)."""
-        if symbol not in self._filters or time.monotonic() - self._filters_read > FILTERS_TTL_SECONDS:
+        age = time.monotonic() - self._filters_read
+        if age > FILTERS_TTL_SECONDS or (symbol not in self._filters and age > FILTERS_MISSING_RETRY_SECONDS):
             raw = self.ctx.client.hgetall(self.ctx.keys.exchange_filters)
             self._filters = {
                 text(k): SymbolFilters.from_exchange_info(json.loads(v))
@@ -63,6 +66,8 @@ class IntentBridge(Service):
             return PositionSide.FLAT
         return PositionSide(side.decode() if isinstance(side, bytes) else side)
 
+    @no_done_precheck  # its only effect is its step, which finds the done key and only acks
+    @independent_steps  # its step only emits apply.plan, which no intent of the batch reads
     def on_intent(self, envelope: Envelope[TradeIntent], delivery: Delivery) -> Step:
         intent = envelope.message
         filters = self.filters(intent.symbol)
