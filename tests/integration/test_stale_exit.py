@@ -18,14 +18,19 @@ order: deterministic.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from quantum_trader.contracts.messages import PositionSide, Side
+from quantum_trader.bus.consumer import StreamConsumer
+from quantum_trader.contracts.envelope import decode
+from quantum_trader.contracts.messages import Plan, PositionSide, Side
 from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.exits import brain
 from quantum_trader.exits.position import PositionView
 from quantum_trader.exits.rules import ExitDecision
-from tests.factories import entry, send
+from tests.factories import entry, send, tick
+from tests.integration.test_exit_brain_service import Harness as ExitBrainHarness
 from tests.integration.test_stack_execution import EXECUTOR, policy, prices, results, wait_for_price
 from tests.stack import running_stack, sim_orders, stream, wait_for
 
@@ -105,3 +110,51 @@ def test_a_retried_exit_of_a_closed_trade_is_refused_before_any_request(
         assert result_of(r, stack, own.plan_id)["status"] == "FILLED"
         exchange_rejections = [x for x in results(r, stack) if x["status"] == "REJECTED"]
         assert exchange_rejections == []
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("next_trade", [None, Side.SELL], ids=["closed", "next-trade-open"])
+def test_exit_brain_plans_no_retry_for_a_trade_position_state_has_closed(
+    redis_url, r, instance, tmp_path, monkeypatch, next_trade
+):
+    """The retry itself: exit-brain's wait for the fill's snapshot ends while the snapshot is still
+    unread (here: the snapshot stream is not consumed during the ticks, as when exit-brain runs ahead
+    of the executor path). The real ExitBrain service and consumer run in this process so the test
+    decides which of its two input streams is read when."""
+    with running_stack(policy(), redis_url, instance, tmp_path, monkeypatch, only=EXECUTOR) as stack:
+        keys = stack.keys
+        prices(r, keys, [SYMBOL])
+        wait_for_price(stack, [SYMBOL])
+        watcher = ExitBrainHarness(redis_url, instance, policy=stack.policy)
+        send(r, keys, "apply.plan", entry(SYMBOL, "first-long", t=1_000), id="first-long")
+        wait_for(lambda: side_of(r, keys) == "LONG", 30, "the first trade", stack)
+        watcher.drain()  # exit-brain watches the trade (stop at 90)
+        ticks_only = StreamConsumer(watcher.ctx.client, keys, "exit-brain", "exit-brain-0",
+                                    {"market.tick": watcher.service.on_tick}, watcher.ctx.policy.streams)
+        send(r, keys, "market.tick", tick(SYMBOL, 85.0, 2_000), id="stop-hit")
+        while ticks_only.poll_once(block_ms=20):
+            pass
+        first = exit_plans(r, keys)
+        assert len(first) == 1
+        wait_for(lambda: side_of(r, keys) == "FLAT", 30, "the stop's fill", stack)
+        if next_trade is not None:
+            send(r, keys, "apply.plan", entry(SYMBOL, "second", t=3_000, side=next_trade), id="second")
+            wait_for(lambda: side_of(r, keys) == "SHORT", 30, "the next trade", stack)
+
+        for i in range(1, brain.RETRY_AFTER_TICKS + 5):
+            send(r, keys, "market.tick", tick(SYMBOL, 85.0, 3_000 + i), id=f"after-{i}")
+        while ticks_only.poll_once(block_ms=20):
+            pass
+        assert exit_plans(r, keys) == first  # before the fix: a retry for the closed trade
+        assert watcher.service.counters["exits_for_closed_trade"] >= 1
+
+        watcher.drain()  # the snapshots arrive: the closed trade is no longer watched
+        watched = json.loads(r.hget(keys.component_state("exit-brain", SYMBOL), "data"))["position"]
+        assert (watched or {}).get("opened_at") != first[0].position_opened_at
+        assert exit_plans(r, keys) == first
+        watcher.close()
+
+
+def exit_plans(r, keys) -> list[Plan]:
+    found = [decode(fields, Plan).message for _, fields in r.xrange(keys.stream("apply.plan"))]
+    return [p for p in found if p.source == "exit-brain"]

@@ -1,4 +1,6 @@
-"""An exit is sent only against the trade it was planned for (gateway, pure; see test_stale_exit.py)."""
+"""An exit is sent only against the trade it was planned for, and not re-planned for a closed one (pure).
+
+See tests/integration/test_stale_exit.py for the mechanism on real processes."""
 
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ from quantum_trader.contracts.messages import (
     Plan,
     PlanKind,
     PositionSide,
+    PositionSnapshot,
     Reservation,
     ResultStatus,
     Side,
+    Tick,
 )
 from quantum_trader.exchange.filters import SymbolFilters
 from quantum_trader.execution.gateway import Refuse, Send, decide_order, other_trade
 from quantum_trader.exits import brain, heat
 from quantum_trader.exits.position import PositionView
-from quantum_trader.exits.rules import ExitDecision
+from quantum_trader.exits.rules import ExitControl, ExitDecision, RuleSettings
 
 NOW = 1_700_000_000_000
 RELEASED = parse_control({"state": "released", "scope": "all", "generation": "1"})
@@ -107,3 +111,43 @@ def test_heat_gate_plans_name_the_trade_it_read():
     decision = heat.gate(proposal, reading, position, heat.GateSettings(max_portfolio_heat=0.06))
     plan = heat.build_plan(proposal, decision)
     assert (plan.side, plan.position_opened_at) == (Side.SELL, 1_234)
+
+
+# --- exit-brain: no retry for a trade position-state has recorded closed --------------------------------
+OPENED_AT = 1_700_000_000_000
+
+
+def watched_long() -> brain.BrainState:
+    snapshot = PositionSnapshot(symbol="BTCUSDT", side=PositionSide.LONG, qty=2.0, entry_price=100.0,
+                                mark_price=100.0, unrealized_pnl=0.0, stop_loss=95.0, take_profit=110.0,
+                                opened_at=OPENED_AT, time=OPENED_AT, source="position-state", version=1)
+    state = brain.apply_snapshot(brain.BrainState(), snapshot)
+    assert state is not None
+    return state
+
+
+def price(value: float, t: int) -> Tick:
+    return Tick(symbol="BTCUSDT", price=value, bid=value, ask=value, volume=1, event_time=t, source="test")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "retried"),
+    [
+        (None, True),  # no record: nothing assumed, the retry goes out as before
+        (brain.RecordedTrade(PositionSide.LONG, 2.0, OPENED_AT), True),  # still open: the first exit failed
+        (brain.RecordedTrade(PositionSide.LONG, 1.0, OPENED_AT), True),  # partly closed: same trade
+        (brain.RecordedTrade(PositionSide.FLAT, 0.0, OPENED_AT), False),  # the first exit closed it
+        (brain.RecordedTrade(PositionSide.SHORT, 1.0, OPENED_AT + 5_000), False),  # next trade, other side
+        (brain.RecordedTrade(PositionSide.LONG, 1.0, OPENED_AT + 5_000), False),  # next trade, same side
+    ],
+)
+def test_the_retry_waits_for_the_snapshot_when_the_trade_is_recorded_closed(recorded, retried):
+    settings, live = RuleSettings(), ExitControl(rollout_live=True)
+    first = brain.on_tick(watched_long(), price(94.0, OPENED_AT + 1_000), settings, live, 1, recorded=None)
+    assert first.exit is not None
+    state = brain.on_tick(first.state, price(93.0, OPENED_AT + 1_001), settings, live, 1, recorded).state
+    retry = brain.on_tick(state, price(93.0, OPENED_AT + 1_002), settings, live, 1, recorded)
+    assert (retry.exit is not None) is retried
+    assert retry.closed is not retried
+    if not retried:  # nothing planned, and nothing forgotten: the snapshot settles what is watched
+        assert retry.state.position == state.position and retry.plan_id == ""

@@ -9,6 +9,13 @@ Not spamming exits: after a plan for a position, no other plan is made for it un
 with ``exit_in_flight`` anyway (invariant 6); this keeps the audit trail clean. If the first exit
 was rejected, the next tick after the wait plans again with a new plan id.
 
+exit-brain reads ``market.tick`` directly while an exit's fill travels governor, apply-layer and
+position-state before its snapshot comes back, so under load the wait can end before the snapshot
+arrives. The service therefore reads the symbol's position as position-state recorded it
+(:class:`RecordedTrade`) with the state: when that says the watched trade is closed (flat, or
+another trade opened since), no exit is planned for it — it could only be refused (governor:
+``no_open_position``; apply-layer refuses an exit for another trade before any request).
+
 Shadow records are made once per position and rule: a rule that keeps firing on every tick is
 recorded the first time only.
 """
@@ -18,7 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from quantum_trader.contracts.messages import ExitShadow, OrderType, Plan, PlanKind, PositionSnapshot, Tick
+from quantum_trader.contracts.messages import (
+    ExitShadow,
+    OrderType,
+    Plan,
+    PlanKind,
+    PositionSide,
+    PositionSnapshot,
+    Tick,
+)
 from quantum_trader.exits.position import PositionView, should_apply, view_of
 from quantum_trader.exits.rules import (
     FLATTEN,
@@ -84,6 +99,19 @@ class BrainState:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedTrade:
+    """The symbol's position as position-state recorded it (``position:<symbol>``)."""
+
+    side: PositionSide
+    qty: float
+    opened_at: int
+
+    def is_closed(self, position: PositionView) -> bool:
+        """The watched ``position`` is no longer open by this record: flat, or another trade."""
+        return self.side is PositionSide.FLAT or self.qty <= 0 or self.opened_at != position.opened_at
+
+
+@dataclass(frozen=True, slots=True)
 class TickOutcome:
     state: BrainState
     exit: ExitDecision | None = None
@@ -95,6 +123,8 @@ class TickOutcome:
     """an exit fired but waits for the previous plan's outcome"""
     changed: bool = False
     """the state must be written"""
+    closed: bool = False
+    """an exit fired for a trade position-state has recorded closed: nothing planned"""
 
 
 def exit_plan_id(symbol: str, opened_at: int, event_time: int, suffix: str = "") -> str:
@@ -133,7 +163,9 @@ def on_tick(
     settings: RuleSettings,
     control: ExitControl,
     retry_after_ticks: int = RETRY_AFTER_TICKS,
+    recorded: RecordedTrade | None = None,
 ) -> TickOutcome:
+    """``recorded``: the position hash as read with the state (None: no record, nothing is assumed)."""
     position = state.position
     if position is None:
         return TickOutcome(state)  # nothing to watch; no write per tick for idle symbols
@@ -154,6 +186,9 @@ def on_tick(
         return TickOutcome(new, shadow=shadow, suppressed=evaluation.exit is not None, changed=True)
     if evaluation.exit is None:
         return TickOutcome(replace(new, pending_plan="", ticks_since_plan=0), shadow=shadow, changed=True)
+    if recorded is not None and recorded.is_closed(position):
+        # the exit filled (or the trade was replaced) and its snapshot is still on the way
+        return TickOutcome(new, shadow=shadow, changed=True, closed=True)
     plan_id = exit_plan_id(position.symbol, position.opened_at, tick.event_time)
     new = replace(new, pending_plan=plan_id, ticks_since_plan=0)
     return TickOutcome(new, exit=evaluation.exit, plan_id=plan_id, shadow=shadow, changed=True)

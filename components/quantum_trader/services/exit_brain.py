@@ -25,9 +25,9 @@ from quantum_trader.bus.consumer import Delivery, Handler
 from quantum_trader.bus.control import ControlState, parse_control
 from quantum_trader.bus.step import Step, StepOutcome, StepRunner
 from quantum_trader.contracts.envelope import Envelope
-from quantum_trader.contracts.messages import PositionSnapshot, Tick
+from quantum_trader.contracts.messages import PositionSide, PositionSnapshot, Tick
 from quantum_trader.exits import brain
-from quantum_trader.exits.brain import BrainState, TickOutcome
+from quantum_trader.exits.brain import BrainState, RecordedTrade, TickOutcome
 from quantum_trader.exits.rollout import ALL_SHADOW, RolloutConfig, RolloutError, parse_rollout_hash
 from quantum_trader.exits.rules import ExitControl, RuleSettings
 from quantum_trader.runtime.service import ComponentContext, Service
@@ -38,6 +38,17 @@ ROLLOUT_REFRESH_SECONDS = 5.0
 IDLE_FLATTEN_EVERY_SECONDS = 1.0
 
 
+
+
+def recorded_trade(raw: list[bytes | str | None]) -> RecordedTrade | None:
+    """``position:<symbol>``'s side, qty and opened_at; None when absent or unreadable (nothing assumed)."""
+    side, qty, opened_at = (text(value) for value in raw)
+    if side is None or qty is None or opened_at is None:
+        return None
+    try:
+        return RecordedTrade(PositionSide(side), float(qty), int(opened_at))
+    except ValueError:
+        return None
 
 
 def rollout_fallback(ctx: ComponentContext) -> RolloutConfig:
@@ -95,11 +106,17 @@ class ExitBrain(Service):
 
     def load(self, symbol: str) -> tuple[BrainState, str | None, ControlState]:
         """The symbol's state, its ``rev`` (None: never written) and the kill switch, in one round trip."""
+        state, rev, control, _ = self.load_with_record(symbol)
+        return state, rev, control
+
+    def load_with_record(self, symbol: str) -> tuple[BrainState, str | None, ControlState, RecordedTrade | None]:
+        """:meth:`load` plus the position as position-state recorded it, in the same round trip."""
         with self.ctx.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.state_key(symbol))
             pipe.hgetall(self.ctx.keys.control)
             pipe.hgetall(self.ctx.keys.halts)
-            raw_state, raw_control, raw_halts = pipe.execute()
+            pipe.hmget(self.ctx.keys.position(symbol), "side", "qty", "opened_at")
+            raw_state, raw_control, raw_halts, raw_position = pipe.execute()
         state_fields = text_dict(raw_state)
         control = parse_control(text_dict(raw_control), text_dict(raw_halts))
         rev = state_fields.get("rev")
@@ -107,7 +124,7 @@ class ExitBrain(Service):
         # a state we cannot parse must not be silently reset (that would forget an open position):
         # the exception leaves the message pending and, after N deliveries, in the DLQ with the reason
         state = BrainState.from_json(json.loads(data)) if data else BrainState()
-        return state, rev, control
+        return state, rev, control, recorded_trade(raw_position)
 
     def rollout(self) -> RolloutConfig:
         now = time.monotonic()
@@ -166,13 +183,15 @@ class ExitBrain(Service):
 
     def on_tick(self, envelope: Envelope[Tick], delivery: Delivery) -> Step | None:
         tick = envelope.message
-        state, rev, control = self.load(tick.symbol)
+        state, rev, control, recorded = self.load_with_record(tick.symbol)
         if state.position is None:
             return None
         if tick.event_time < state.last_time:
             self.count("stale_ticks")
         gate = exit_control(control, self.rollout(), tick.symbol)
-        outcome = brain.on_tick(state, tick, self.rules, gate, self.retry_after_ticks)
+        outcome = brain.on_tick(state, tick, self.rules, gate, self.retry_after_ticks, recorded)
+        if outcome.closed:
+            self.count("exits_for_closed_trade")
         return self._step_for(outcome, tick, rev, envelope.corr)
 
     def _step_for(self, outcome: TickOutcome, tick: Tick, rev: str | None, corr: str) -> Step | None:
