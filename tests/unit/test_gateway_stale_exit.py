@@ -30,6 +30,7 @@ from quantum_trader.execution.gateway import Refuse, Send, decide_order, other_t
 from quantum_trader.exits import brain, heat
 from quantum_trader.exits.position import PositionView
 from quantum_trader.exits.rules import ExitControl, ExitDecision, RuleSettings
+from quantum_trader.local.ledger import RunLedger, summarize
 
 NOW = 1_700_000_000_000
 RELEASED = parse_control({"state": "released", "scope": "all", "generation": "1"})
@@ -151,3 +152,16 @@ def test_the_retry_waits_for_the_snapshot_when_the_trade_is_recorded_closed(reco
     assert retry.closed is not retried
     if not retried:  # nothing planned, and nothing forgotten: the snapshot settles what is watched
         assert retry.state.position == state.position and retry.plan_id == ""
+
+
+def test_the_run_summary_names_exits_refused_for_a_closed_trade():
+    results = [
+        {"plan_id": "a", "status": "SKIPPED", "reason": "no_open_position", "error_code": None},
+        {"plan_id": "b", "status": "SKIPPED", "reason": "no_open_position: the exit (SELL) closes no SHORT position",
+         "error_code": None},
+        {"plan_id": "c", "status": "FILLED", "reason": "", "error_code": None},
+    ]
+    summary = summarize(RunLedger(started_at=0.0, ended_at=1.0, bars=1, intents=0, results=results,
+                                  decisions_rejected=[], ledger={}, open_positions=[], starting_equity=10_000.0))
+    assert summary.rejections == {"apply-layer: skipped no_open_position": 2}
+    assert summary.orders == 1  # nothing skipped reached the exchange

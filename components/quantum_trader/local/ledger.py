@@ -97,6 +97,11 @@ def summarize(ledger: RunLedger) -> Summary:
             reason = str(result.get("reason") or "unknown")
             where = "exchange" if result.get("error_code") is not None else "apply-layer"
             rejections[f"{where}: {reason}"] += 1
+        elif result.get("status") == "SKIPPED":
+            # refused before any request, e.g. an exit for a trade already closed: by its code, not
+            # its detail (which names times and sides), so the same cause is one line
+            code = str(result.get("reason") or "unknown").split(":", 1)[0]
+            rejections[f"apply-layer: skipped {code}"] += 1
     seconds = max(ledger.ended_at - ledger.started_at, 0.0)
     realized = _float(ledger.ledger, "realized_pnl")
     fees = _float(ledger.ledger, "fees")
