@@ -1,7 +1,7 @@
 """Orders through the executor path as real processes, on a redis-server of our own.
 
 ``python -m bench.pipeline [--quick] [--phases readstate,paced,burst] [--profile] [--wait-quiet S]
-[--cold-leverage] [--paced-replicas N]``
+[--cold-leverage] [--paced-replicas N] [--burst-intents N] [--burst-replicas N,M]``
 
 intent-bridge -> governor -> apply-layer -> exchange-sim -> position-state, each a ``qt component``
 process started by the local Supervisor (``only=[...]``), exactly as ``qt run`` starts them. The bench
@@ -21,10 +21,11 @@ Phases (each pipeline phase on a fresh instance: empty Redis, new processes):
 
 How many: ``maxOpenPositions`` counts open positions plus reservations, and positions are never
 closed, so every intent of a phase needs a slot: the bench sets it to the schema's ceiling (100,000).
-Paced phases send 250 intents at 25/s (10 s), 1,000 at 100/s (10 s) and 2,000 at 200/s (10 s); a
-burst sends 2,000. The k-th order is settled with k positions open: results are also reported by
-open-position count (the governor's notional sum is O(open + reserved) per entry: a phase of 5,000
-measures that more than the path). ``--quick`` sends 100 at 25/s and 200 in every other phase.
+Paced phases send 250 intents at 25/s (10 s), 1,000 at 100/s (10 s) and 1,000 at 200/s (5 s); a
+burst sends 1,000 (the allowlist's ceiling, one symbol per intent). The k-th order is settled with
+k positions open: results are also reported by open-position count (the governor reads notional in
+use from running totals, so that no longer grows the cost; ``bench.governor_flat_cost`` measures it
+on its own). ``--quick`` sends 100 at 25/s and 200 in every other phase.
 
 Timestamps: every stage's output is a stream entry whose id is the Redis server's clock in ms when
 it was added (one host, one clock). End-to-end latency runs from the bench's wall clock just before
@@ -32,6 +33,9 @@ the intent's XADD (µs) to the ``position.snapshot`` entry id (ms, truncated: up
 latencies are differences of entry ids (±1 ms). Stage throughput is (n - 1) / (last - first) over the
 ids of the stage's own outputs, so a stage that finishes early is not charged for the one after it.
 CPU per order is each process's user+system time over the phase (psutil) divided by the orders.
+Redis commands and round trips per order come from the server's own counters over the same window
+(``RedisMeter``: ``INFO commandstats`` calls, commands inside scripts included, and
+``total_reads_processed``).
 
 Checks in every phase: every intent has exactly one plan, approval, result and snapshot; the
 simulator's order log (GET /sim/orders) holds exactly one accepted order per intent and no other;
@@ -120,8 +124,8 @@ PRICE = 100.0
 LEVERAGE = 2
 NOTIONAL = 20.0  # qty 0.2 at 100 USDT: above the simulator's 5 USDT minimum
 MAX_OPEN = 100_000  # the policy schema's ceiling for maxOpenPositions
-BURST = 2_000
-PACED = ((25, 250), (100, 1_000), (200, 2_000))  # (intents/s, intents)
+BURST = 1_000  # the policy's allowlist holds at most 1,000 symbols, and every intent needs a symbol of its own
+PACED = ((25, 250), (100, 1_000), (200, 1_000))  # (intents/s, intents)
 MAXLEN = 200_000
 
 
@@ -434,6 +438,42 @@ class CpuMeter:
         }
 
 
+class RedisMeter:
+    """Redis commands and round trips per order between ``start`` and ``stop``, from the server's counters.
+
+    Commands are the sum of ``INFO commandstats`` calls, commands run inside scripts included (EVALSHA
+    counts once itself, plus each command its script calls). Round trips are ``total_reads_processed``:
+    one read event per request or pipeline that arrived, about one per round trip of a client. Both
+    include the bench's own polling (an XLEN every 50 ms) and the components' heartbeats and control
+    reads, which is why the idle share is reported too.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def _read(self) -> tuple[dict[str, int], int]:
+        stats = self.client.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        return calls, int(self.client.info("stats")["total_reads_processed"])
+
+    def start(self) -> RedisMeter:
+        self.calls, self.reads = self._read()
+        return self
+
+    def stop(self, orders: int) -> dict:
+        calls, reads = self._read()
+        delta = {k: n - self.calls.get(k, 0) for k, n in calls.items() if n - self.calls.get(k, 0) > 0}
+        for name in ("info",):  # this meter's own
+            delta.pop(name, None)
+        total = sum(delta.values())
+        top = sorted(delta.items(), key=lambda item: -item[1])[:12]
+        return {
+            "commands_per_order": round(total / orders, 1),
+            "round_trips_per_order": round((reads - self.reads - 2) / orders, 1),
+            "top_commands_per_order": {k: round(n / orders, 2) for k, n in top},
+        }
+
+
 # ---- collection and checks ----------------------------------------------------------------------
 
 
@@ -579,9 +619,11 @@ def paced_phase(redis_url: str, workdir: Path, rate: float, seconds: float, appl
     with running_stack(redis_url, workdir, symbols, apply_replicas) as stack:
         intents = make_intents(symbols, f"p{int(rate)}")
         cpu = CpuMeter(stack.pids()).start()
+        commands = RedisMeter(stack.r).start()
         elapsed = inject_paced(stack, intents, rate)
         wait_done(stack, count, 300)
         cpu_report = cpu.stop(count)
+        redis_report = commands.stop(count)
         collected = collect(stack, intents)
     rows = collected["rows"]
     if not rows:
@@ -598,6 +640,7 @@ def paced_phase(redis_url: str, workdir: Path, rate: float, seconds: float, appl
         "by_open_positions": by_open_positions(rows),
         "throughput": throughput_report(rows),
         "cpu": cpu_report,
+        "redis": redis_report,
         "correctness": collected["correctness"],
     }
 
@@ -608,9 +651,11 @@ def burst_phase(redis_url: str, workdir: Path, count: int, apply_replicas: int, 
         intents = make_intents(symbols, f"s{apply_replicas}")
         spies = start_profilers(stack, workdir) if profile else {}
         cpu = CpuMeter(stack.pids()).start()
+        commands = RedisMeter(stack.r).start()
         elapsed = inject_burst(stack, intents)
         wait_done(stack, count, 300)
         cpu_report = cpu.stop(count)
+        redis_report = commands.stop(count)
         profiles = stop_profilers(spies) if profile else {}
         collected = collect(stack, intents)
     rows = collected["rows"]
@@ -626,6 +671,7 @@ def burst_phase(redis_url: str, workdir: Path, count: int, apply_replicas: int, 
         "by_open_positions": by_open_positions(rows),
         "latency": latency_report(rows),
         "cpu": cpu_report,
+        "redis": redis_report,
         "correctness": collected["correctness"],
         **({"profile": profiles} if profile else {}),
     }
@@ -852,6 +898,12 @@ def print_tables(phases: list[dict]) -> None:
         )
         print(f"{p['phase']} by open positions -> {buckets}")
         print(f"{p['phase']} CPU ms per order: {p['cpu']['cpu_ms_per_order']}")
+        if "redis" in p:
+            r = p["redis"]
+            print(
+                f"{p['phase']} Redis per order: {r['commands_per_order']} commands, {r['round_trips_per_order']}"
+                f" round trips; {r['top_commands_per_order']}"
+            )
         if not p["correctness"]["ok"]:
             print(f"{p['phase']} CHECKS FAILED: {p['correctness']['problems']}")
 
@@ -882,6 +934,19 @@ def main(argv: list[str] | None = None) -> int:
         help="apply-layer replicas in the paced phases (default 1)",
     )
     parser.add_argument(
+        "--burst-intents",
+        type=int,
+        default=None,
+        metavar="N",
+        help="intents per burst (default 1,000, with --quick 200; the allowlist holds at most 1,000 symbols)",
+    )
+    parser.add_argument(
+        "--burst-replicas",
+        default=None,
+        metavar="N,M",
+        help="apply-layer replicas of the burst phases (default 1,2,4; with --quick 1,2)",
+    )
+    parser.add_argument(
         "--cold-leverage",
         action="store_true",
         help="do not set the symbols' leverage before a phase: every order sets it first",
@@ -896,9 +961,11 @@ def main(argv: list[str] | None = None) -> int:
     global COLD_LEVERAGE
     COLD_LEVERAGE = args.cold_leverage
     wanted = {p.strip() for p in args.phases.split(",") if p.strip()}
-    count = 200 if args.quick else BURST
+    count = args.burst_intents or (200 if args.quick else BURST)
     paced = ((25, 100), (100, count), (200, count)) if args.quick else PACED
     replicas = (1, 2) if args.quick else (1, 2, 4)
+    if args.burst_replicas:
+        replicas = tuple(int(n) for n in args.burst_replicas.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="qt-bench-"))
     os.environ["QT_STATE_DIR"] = str(workdir / "state")  # never the user's run.json
     os.environ["QT_SIM_ORDER_LOG"] = str(workdir / "orders.jsonl")
