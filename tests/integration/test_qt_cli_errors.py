@@ -222,3 +222,14 @@ def test_digest_of_the_checkout_is_one_sha256_line():
     assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", result.stdout), result.stdout
     assert "checkout " in result.stderr and "qt digest IMAGE" in result.stderr
     assert qt("digest").stdout == result.stdout  # nothing changed in between: the same digest
+
+
+def test_a_replay_that_could_trade_nothing_is_one_line(tmp_path):
+    """Every tick of a symbol off the allowlist is dead-lettered at the edge: a run that could only do that
+    is refused before anything starts, not left to show a stack that never trades."""
+    data = tmp_path / "BTCUSD-1h-2024-01.csv"
+    data.write_text("1704067200000,1,1,1,1,1,1704070799999,0,0,0,0,0\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"symbols: [BTCUSDT, ETHUSDT]\nmarketData: {{source: replay, files: ['{data}']}}\n")
+    result = qt("run", "-f", str(policy), "--duration", "5", state_dir=tmp_path / "state")
+    assert_one_line_error(result, "BTCUSD", "nothing would trade")

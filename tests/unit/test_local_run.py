@@ -11,7 +11,7 @@ from quantum_trader.cli import HttpUrl, RedisUrl, Speed
 from quantum_trader.contracts.heartbeat import HeartbeatRecord
 from quantum_trader.contracts.policy import MarketDataSource, PolicySpec
 from quantum_trader.data.errors import DataError
-from quantum_trader.local.app import apply_run_options, with_process_states
+from quantum_trader.local.app import apply_run_options, replay_without_allowed_symbols, with_process_states
 from quantum_trader.local.digest import DigestError, pick_repo_digest, tree_digest
 from quantum_trader.local.ledger import Crash, RunLedger, reached_exchange, render_summary, summarize
 from quantum_trader.local.status import Observed, build_status, idle_reason
@@ -175,9 +175,28 @@ def test_data_and_speed_go_into_the_policys_own_fields(tmp_path):
     assert policy.market_data.source is MarketDataSource.REPLAY
     assert policy.market_data.files == [str(eth), str(tmp_path / "SOLUSDT-1h-2024-01.csv")]
     assert policy.market_data.speed == 0.0 and policy.symbols == ["ETHUSDT", "SOLUSDT"]
+    # max: each bar once the last one's consequences are done, so fills are at the prices the strategy saw
+    assert policy.market_data.lockstep
     untouched = PolicySpec()
     assert apply_run_options(untouched, [], None) is untouched
     assert apply_run_options(untouched, [], 60.0).market_data.speed == 60.0
+    assert not apply_run_options(untouched, [], 60.0).market_data.lockstep
+
+
+def test_a_replay_whose_symbols_are_all_off_the_allowlist_is_a_mistake(tmp_path):
+    kline(tmp_path, "BTCUSD-1h-2024-01.csv")
+    kline(tmp_path, "ETHUSDT-1h-2024-01.csv")
+
+    def replaying(files, symbols):
+        return PolicySpec.model_validate(
+            {"symbols": symbols, "marketData": {"source": "replay", "files": [str(tmp_path / f) for f in files]}}
+        )
+
+    problem = replay_without_allowed_symbols(replaying(["BTCUSD-1h-2024-01.csv"], ["BTCUSDT", "ETHUSDT"]))
+    assert problem is not None and "BTCUSD" in problem and "nothing would trade" in problem
+    assert replay_without_allowed_symbols(replaying(["*-1h-2024-01.csv"], ["ETHUSDT"])) is None  # one is enough
+    assert replay_without_allowed_symbols(replaying(["missing-file.csv"], ["ETHUSDT"])) is None  # market-data's
+    assert replay_without_allowed_symbols(PolicySpec()) is None  # no files yet: the sample is resolved later
 
 
 def test_speed_has_no_meaning_for_live_market_data(tmp_path):

@@ -90,6 +90,11 @@ def apply_run_options(policy: PolicySpec, data: Sequence[str], speed: float | No
         if market.source is MarketDataSource.LIVE and not data:
             raise PolicyError("--speed paces a replay, and this policy's marketData.source is live")
         update["speed"] = speed
+        if speed == 0:
+            # as fast as the pipeline takes it means each bar once the last one's consequences are done:
+            # free-running, the simulator follows ticks months ahead of the strategy and fills every order
+            # at a price the strategy never saw
+            update["lockstep"] = True
     if not update:
         return policy
     changes: dict = {"market_data": market.model_copy(update=update)}
@@ -102,8 +107,13 @@ def apply_run_options(policy: PolicySpec, data: Sequence[str], speed: float | No
         raise PolicyError(f"--data/--speed: {describe_validation_error(error)}") from None
 
 
-def resolve_market_data(policy: PolicySpec) -> PolicySpec:
-    """A replay policy without files replays the real sample fetched through PyPI (``qt data sample``)."""
+def resolve_market_data(policy: PolicySpec, *, trade_sample_symbols: bool = False) -> PolicySpec:
+    """A replay policy without files replays the real sample fetched through PyPI (``qt data sample``).
+
+    ``trade_sample_symbols``: no policy file was given, so the defaults' allowlist is nobody's choice and
+    the sample's own symbol is traded (as ``--data`` trades its files' symbols); the defaults' unpaced
+    replay (speed 0) runs in lockstep, as ``--speed max`` does, so orders fill at the prices they were
+    planned on."""
     market = policy.market_data
     if market.source is not MarketDataSource.REPLAY or market.files:
         return policy
@@ -111,7 +121,35 @@ def resolve_market_data(policy: PolicySpec) -> PolicySpec:
 
     path = fetch_sample()
     print(f"qt: replaying real sample data {path}", file=sys.stderr)
-    return policy.model_copy(update={"market_data": market.model_copy(update={"files": [str(path)]})})
+    market_update: dict = {"files": [str(path)]}
+    update: dict = {}
+    if trade_sample_symbols:
+        update["symbols"] = replay_symbols([str(path)])[1]
+        if market.speed == 0:
+            market_update["lockstep"] = True
+    update["market_data"] = market.model_copy(update=market_update)
+    return policy.model_copy(update=update)
+
+
+def replay_without_allowed_symbols(policy: PolicySpec) -> str | None:
+    """Why a replay would trade nothing: none of its files' symbols is in the allowlist (every tick would be
+    dead-lettered at the edge). None when some file's symbol is allowed, or a file's name does not say."""
+    from quantum_trader.data.klines import parse_kline_filename
+    from quantum_trader.data.replay import expand_files
+
+    market = policy.market_data
+    if market.source is not MarketDataSource.REPLAY or not market.files:
+        return None
+    try:
+        symbols = {parse_kline_filename(path.name)[0] for path in expand_files(market.files)}
+    except (DataError, ValueError):
+        return None  # a missing file or an unconventional name is market-data's to report
+    if not symbols or symbols & set(policy.symbols):
+        return None
+    return (
+        f"none of the replayed files' symbols ({', '.join(sorted(symbols))}) is in the policy's symbols "
+        f"({', '.join(policy.symbols)}): nothing would trade; add them to symbols, or use --data"
+    )
 
 
 def check_reachable(redis_url: str) -> None:
@@ -152,7 +190,10 @@ def run_local(options: RunOptions) -> int:
         return 2
     if options.redis_url is not None:
         check_reachable(options.redis_url)
-    policy = resolve_market_data(policy)
+    policy = resolve_market_data(policy, trade_sample_symbols=not options.policy_file and not options.data)
+    problem = replay_without_allowed_symbols(policy)
+    if problem:
+        raise PolicyError(problem)
     signals = StopSignals()
     server = None
     redis_url = options.redis_url
