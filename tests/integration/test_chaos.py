@@ -147,6 +147,8 @@ class Chaos:
     _seen_orders: int = 0
     _planned: list[tuple[float, str, str]] = field(default_factory=list)
     """(monotonic time, component, kind) of kills to come"""
+    _holding: bool = False
+    """market-data is paused (SIGSTOP) until the next kill"""
 
     def holds_a_message(self, component: str) -> bool:
         key = self.stack.keys.stream(INPUT_OF[component])
@@ -157,10 +159,28 @@ class Chaos:
         return any(g["name"] == component and int(g["pending"]) for g in groups)
 
     def run(self, wanted: int, bars: int, random_every: tuple[float, float]) -> None:
+        try:
+            self._run(wanted, bars, random_every)
+        finally:
+            self.hold_replay(False)
+
+    def hold_replay(self, hold: bool) -> None:
+        """Pause or resume market-data (SIGSTOP/SIGCONT). A lockstep replay's outcome does not depend on its
+        pace (that is what this test proves), so pausing it only keeps a fast machine from finishing the
+        replay before every kill is placed: the replay may run ahead of the kills by one share of its bars."""
+        (pod,) = self.stack.pods("market-data")
+        popen = pod.popen
+        if popen is None or popen.poll() is not None or hold == self._holding:
+            return
+        os.kill(popen.pid, signal.SIGSTOP if hold else signal.SIGCONT)
+        self._holding = hold
+
+    def _run(self, wanted: int, bars: int, random_every: tuple[float, float]) -> None:
         next_random = time.monotonic() + self.rng.uniform(*random_every)
         next_orders_look = 0.0
         while len(self.kills) < wanted and not finished(self.r, self.stack, bars):
             self.stack.supervise_once()
+            self.hold_replay(self.published() >= bars * (len(self.kills) + 1) // (wanted + 1))
             now = time.monotonic()
             if now >= next_orders_look:
                 next_orders_look = now + 0.1
@@ -187,8 +207,10 @@ class Chaos:
         """Random kills leave a fifth of the budget to withheld fills until 70 % of the replay is out,
         so the kills between a fill and its result are never crowded out by the random ones."""
         reserve = max(2, wanted // 5)
-        published = int(self.r.hget(self.stack.keys.component_state("market-data", "progress"), "published") or 0)
-        return len(self.kills) < wanted - reserve or published >= 0.7 * bars
+        return len(self.kills) < wanted - reserve or self.published() >= 0.7 * bars
+
+    def published(self) -> int:
+        return int(self.r.hget(self.stack.keys.component_state("market-data", "progress"), "published") or 0)
 
     def kill(self, component: str, kind: str) -> None:
         (pod,) = self.stack.pods(component)
