@@ -36,13 +36,13 @@ from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.messages import Approval, ExecutionResult, PositionSide, ResultStatus
 from quantum_trader.exchange.client import CommissionRate, ExchangeClient
+from quantum_trader.exchange.connect import exchange_client
 from quantum_trader.exchange.errors import DISCONNECTED, ConditionalOrderRefused, ExchangeError
 from quantum_trader.exchange.filters import SymbolFilters
 from quantum_trader.exchange.models import OrderResult
 from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.execution.gateway import LookUp, Refuse, Report, Send, decide_order, has_fill, maybe_sent
 from quantum_trader.runtime.service import ComponentContext, Service
-from quantum_trader.runtime.settings import SettingsError
 
 IN_FLIGHT_TTL_SECONDS = 7 * 86400
 FILTERS_REPUBLISH_SECONDS = 10.0
@@ -78,25 +78,6 @@ def position_side(raw: bytes | str | None) -> PositionSide | None:
         return None
 
 
-def exchange_client(ctx: ComponentContext) -> ExchangeClient:
-    """The client for the policy's mode. Paper needs QT_EXCHANGE_URL; every mode needs credentials."""
-    settings = ctx.settings
-    if not settings.api_key or not settings.api_secret:
-        raise SettingsError("BINANCE_API_KEY and BINANCE_API_SECRET are required (from a Secret)")
-    mode = ctx.policy.mode.value
-    options = {
-        "timeout": ctx.policy.exchange.request_timeout_seconds,
-        "recv_window": ctx.policy.exchange.recv_window_ms,
-    }
-    if mode == "paper":
-        if not settings.exchange_url:
-            raise SettingsError("QT_EXCHANGE_URL is required in paper mode (the exchange simulator)")
-        return ExchangeClient(settings.api_key, settings.api_secret, base_url=settings.exchange_url, **options)
-    return ExchangeClient(
-        settings.api_key, settings.api_secret, testnet=mode == "testnet", live=mode == "live", **options
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class OrderState:
     """What one approval needs from Redis, read in one round trip right before any request."""
@@ -119,7 +100,7 @@ class OrderState:
 class ApplyLayer(Service):
     def __init__(self, ctx: ComponentContext, client: ExchangeClient | None = None) -> None:
         super().__init__(ctx)
-        self.exchange = client or exchange_client(ctx)
+        self.exchange = client or exchange_client(ctx.policy, ctx.settings)
         self.filters: dict[str, SymbolFilters] = {}
         self._allowlist = frozenset(ctx.policy.symbols)
         self.leverage: dict[str, int] = {}

@@ -16,16 +16,16 @@ from quantum_trader.bus.control import raise_halt
 from quantum_trader.bus.step import Step, StepRunner
 from quantum_trader.contracts.messages import PositionSide, PositionSnapshot, ReconcileEvent, ReconcileKind
 from quantum_trader.exchange.client import ExchangeClient
+from quantum_trader.exchange.connect import exchange_client
 from quantum_trader.exchange.errors import ExchangeError
 from quantum_trader.execution.reconcile import Finding, Holding, explained_since_next, reconcile
 from quantum_trader.runtime.service import ComponentContext, Service
-from quantum_trader.services.apply_layer import exchange_client
 
 
 class Reconciler(Service):
     def __init__(self, ctx: ComponentContext, client: ExchangeClient | None = None) -> None:
         super().__init__(ctx)
-        self.exchange = client or exchange_client(ctx)
+        self.exchange = client or exchange_client(ctx.policy, ctx.settings)
         self.spec = ctx.policy.reconciler
         self.steps = StepRunner(
             ctx.client, ctx.keys, "reconciler", ctx.policy.streams.max_len, ctx.policy.streams.done_ttl_seconds
