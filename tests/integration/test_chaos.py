@@ -65,6 +65,12 @@ def chaos_policy(klines, bars: int, *, faults: bool) -> dict:
         "exchange": {"requestTimeoutSeconds": 2.5},
         "streams": {"claimIdleMs": 300},
         "simulator": {"seed": 7, "faults": withheld},
+        # exit-brain is the one exit controller here. With harvest on, exit-brain and heat-gate can both plan
+        # an EXIT for one trade on one bar, and the governor takes whichever reaches apply.plan first: seen
+        # here as exit:ETHUSDT:1672937999999:1673013599999 (breakeven_stop) in one run and
+        # heat:harvest:ETHUSDT:1672937999999:kill in the other. That race between exit controllers is its
+        # own determinism defect (open); this test is about crashes of the executor path.
+        "components": {"harvest": {"enabled": False}, "heat-gate": {"enabled": False}},
     }
 
 
