@@ -57,7 +57,8 @@ def chaos_policy(klines, bars: int, *, faults: bool) -> dict:
     return {
         "symbols": ["ETHUSDT"],
         "marketData": {"source": "replay", "files": [str(klines / REAL_FILE)], "lockstep": True, "maxBars": bars},
-        "risk": {"cooldownSeconds": 0, "maxEntriesPerHour": 10, "maxEntriesPerFiveMinutes": 10,
+        # one bar of cooldown, as in test_backtest.py: a same-bar re-entry after an exit is refused either way
+        "risk": {"cooldownSeconds": 3600, "maxEntriesPerHour": 10, "maxEntriesPerFiveMinutes": 10,
                  "approvalTtlSeconds": 3600},
         "strategy": {"fast": 8, "slow": 24, "notional": 500},
         "exits": {"mode": "LIVE", "rolloutPercent": 100},

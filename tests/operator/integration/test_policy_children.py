@@ -93,7 +93,8 @@ def test_policy_becomes_children_and_rollout_releases_entries(
     assert status["ready"] == f"{len(components)}/{len(components)}"
     assert condition(status, "RolloutInProgress")["status"] == "False"
     healths = [h for h in (v.get("status", {}).get("health") for v in cluster.history("TradingPolicy", name)) if h]
-    assert healths[-1] == "Healthy" and set(healths[: healths.index("Healthy")]) == {"Progressing"}, healths
+    # up to the first Healthy (what follows depends on heartbeats this test stops writing: a stale one is not ready)
+    assert "Healthy" in healths and set(healths[: healths.index("Healthy")]) == {"Progressing"}, healths
     assert status["drift"] == "none" and status["imageDigest"] == digest
     assert status["openPositions"] == 0 and status["lag"] == 0
     assert DRIFT_HALT not in r_client.hgetall(keys.halts)
