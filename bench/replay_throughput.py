@@ -36,7 +36,8 @@ from pathlib import Path
 import redis
 
 from bench._util import machine, start_redis, table, wait_for_quiet, write_results
-from quantum_trader.backtest.run import Backtest, backtest_policy, drained
+from quantum_trader.backtest.run import Backtest, backtest_policy
+from quantum_trader.bus.drain import all_drained
 from quantum_trader.contracts.policy import StrategySpec, parse_policy
 from quantum_trader.data.replay import replay_ticks
 from quantum_trader.local.supervisor import Supervisor
@@ -98,7 +99,7 @@ def processes(file: Path, bars: int, workdir: Path, *, whole: bool) -> dict:
         while time.monotonic() < deadline:
             supervisor.supervise_once()
             done = int(client.hget(progress, "published") or 0) >= bars
-            if done and whole and drained(client, keys):
+            if done and whole and all_drained(client, keys):
                 break
             if done and not whole:
                 readers = [_group(client, keys.stream("market.tick"), "features"),

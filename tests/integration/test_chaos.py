@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from quantum_trader.contracts.registry import STREAMS
+from quantum_trader.bus.drain import all_drained
 from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.local.supervisor import Supervisor
 from tests.stack import running_stack, sim_orders, stream, wait_for
@@ -75,20 +75,9 @@ def chaos_policy(klines, bars: int, *, faults: bool) -> dict:
     }
 
 
-def drained(r, stack: Supervisor) -> bool:
-    for name in STREAMS:
-        try:
-            groups = r.xinfo_groups(stack.keys.stream(name))
-        except Exception:
-            continue
-        if any(int(g["pending"]) or int(g.get("lag") or 0) for g in groups):
-            return False
-    return True
-
-
 def finished(r, stack: Supervisor, bars: int) -> bool:
     progress = r.hget(stack.keys.component_state("market-data", "progress"), "published")
-    return progress == str(bars) and drained(r, stack)
+    return progress == str(bars) and all_drained(r, stack.keys)
 
 
 def outcome(r, stack: Supervisor) -> dict:

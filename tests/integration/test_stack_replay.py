@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from quantum_trader.bus.drain import all_drained
 from quantum_trader.contracts.registry import COMPONENTS, STREAMS
 from tests.factories import send, tick
 from tests.stack import running_stack, sim_orders, stream, wait_for
@@ -60,7 +61,7 @@ def test_replaying_the_same_data_twice_gives_identical_orders_and_ledger(
             wait_for(
                 lambda stack=stack: (
                     r.hget(stack.keys.component_state("market-data", "progress"), "published") == "600"
-                    and _drained(r, stack)
+                    and all_drained(r, stack.keys)
                 ),
                 300,
                 "the replay to finish",
@@ -70,17 +71,6 @@ def test_replaying_the_same_data_twice_gives_identical_orders_and_ledger(
     first, second = runs
     assert len(first["orders"]) >= 4 and len(first["closed"]) >= 2, "the replay should trade"
     assert first == second
-
-
-def _drained(r, stack) -> bool:
-    for name in STREAMS:
-        try:
-            groups = r.xinfo_groups(stack.keys.stream(name))
-        except Exception:
-            continue
-        if any(int(g["pending"]) or int(g.get("lag") or 0) for g in groups):
-            return False
-    return True
 
 
 @pytest.mark.timeout(180)

@@ -26,9 +26,9 @@ import redis
 
 from quantum_trader.backtest.ledger import Mark, Outcome, ledger_document, outcome, summary
 from quantum_trader.backtest.report import write_report
+from quantum_trader.bus.drain import all_drained
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.policy import MarketDataSource, Mode, PolicyError, PolicySpec
-from quantum_trader.contracts.registry import STREAMS
 from quantum_trader.data.errors import DataError
 from quantum_trader.data.klines import parse_kline_filename
 from quantum_trader.data.replay import expand_files
@@ -78,21 +78,6 @@ def backtest_policy(policy: PolicySpec, data: Sequence[str], *, skip_bars: int =
 def replay_marks(policy: PolicySpec) -> list[Mark]:
     """Every tick market-data will publish, in its order (the same function decides both)."""
     return [Mark(t.event_time, t.symbol, t.price) for t in market_ticks(policy.market_data, policy.symbols)]
-
-
-def drained(client: redis.Redis, keys: Keys) -> bool:
-    """No group of any stream has undelivered or unacknowledged entries."""
-    with client.pipeline(transaction=False) as pipe:
-        for name in STREAMS:
-            pipe.xinfo_groups(keys.stream(name))
-        replies = pipe.execute(raise_on_error=False)
-    for groups in replies:
-        if isinstance(groups, Exception):
-            continue
-        for group in groups:
-            if int(group.get("pending", 0)) or int(group.get("lag") or 0):
-                return False
-    return True
 
 
 def read_stream(client: redis.Redis, key: str) -> Iterator[dict[str, Any]]:
@@ -276,7 +261,7 @@ class Backtest:
                 first_bar = time.monotonic()
             if progress is not None:
                 progress(published, self.total, supervisor)
-            if published >= self.total and drained(client, self.keys):
+            if published >= self.total and all_drained(client, self.keys):
                 self.replay_seconds = time.monotonic() - (first_bar or time.monotonic())
                 return
             time.sleep(POLL_SECONDS)

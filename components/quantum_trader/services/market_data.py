@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 
 from quantum_trader.bus.codec import text, text_dict
+from quantum_trader.bus.drain import groups_by_stream, groups_drained
 from quantum_trader.bus.publish import publish
 from quantum_trader.bus.step import Output
 from quantum_trader.contracts.messages import Tick
@@ -71,6 +72,10 @@ class MarketData(Service):
         self.max_len = ctx.policy.streams.max_len
         self.progress_key = ctx.keys.component_state("market-data", "progress")
         self.pacer = Pacer(self.spec.speed)
+        self.readers = {
+            stream: {c for c in ctx.policy.enabled_components() if stream in COMPONENTS[c].inputs} for stream in STREAMS
+        }
+        """stream -> the enabled components that read it (lockstep waits for each of their groups)"""
         self.ticks: Iterator[Tick] = iter(())
         self.published = 0
         self.finished = False
@@ -101,23 +106,10 @@ class MarketData(Service):
     def drained(self) -> bool:
         """Every enabled reader's group exists and every group of every stream has read and acked
         everything: the last tick's effects are done."""
-        expected = {
-            stream: {c for c in self.ctx.policy.enabled_components() if stream in COMPONENTS[c].inputs}
-            for stream in STREAMS
-        }
-        with self.ctx.client.pipeline(transaction=False) as pipe:
-            for stream in STREAMS:
-                pipe.xinfo_groups(self.ctx.keys.stream(stream))
-            replies = pipe.execute(raise_on_error=False)
-        for stream, groups in zip(STREAMS, replies, strict=True):
-            if isinstance(groups, Exception):
-                groups = []  # no stream yet: it holds nothing, but its readers must still show up
-            names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
-            if not expected[stream] <= names:
+        for stream, groups in groups_by_stream(self.ctx.client, self.ctx.keys).items():
+            names = {text(g["name"]) for g in groups}  # no stream yet: its readers must still show up
+            if not self.readers[stream] <= names or not groups_drained(groups):
                 return False
-            for group in groups:
-                if int(group.get("pending", 0)) or int(group.get("lag") or 0):
-                    return False
         return True
 
     def idle(self) -> float:
