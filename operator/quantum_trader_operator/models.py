@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic.alias_generators import to_camel
 
 from quantum_trader.contracts.control import Scope
+from quantum_trader.contracts.messages import SYMBOL_PATTERN as MESSAGE_SYMBOL_PATTERN
 from quantum_trader.contracts.policy import PolicySpec, describe_validation_error, parse_policy
 from quantum_trader.contracts.registry import COMPONENTS
 from quantum_trader_operator.naming import CATEGORY, GROUP, VERSION
@@ -34,7 +35,7 @@ MAX_SYMBOL_LENGTH = 20
 MAX_IMAGE_LENGTH = 512
 MAX_URL_LENGTH = 256
 MAX_REASON_LENGTH = 256
-SYMBOL_PATTERN = "^[A-Z0-9]{2,20}$"
+SYMBOL_PATTERN = f"^{MESSAGE_SYMBOL_PATTERN.pattern}$"
 """contracts.messages.Symbol as a schema pattern: 2-20 upper-case ASCII letters or digits (no look-alikes)"""
 
 # CEL string literal of contracts.policy.IMAGE_DIGEST: `\\s` in CEL source is the regex `\s`.

@@ -12,6 +12,7 @@ mean of its first n inputs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -51,6 +52,14 @@ def feature_hash(feature_set: str, names: Iterable[str], parameters: dict[str, A
         {"set": feature_set, "names": list(names), "parameters": parameters}, sort_keys=True, separators=(",", ":")
     )
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def core_feature_hash(fast: int, slow: int, atr: int) -> str:
+    """core-v1's hash for its parameters, worked out once: every tick restores a state, and a state knows its hash."""
+    return feature_hash(
+        FEATURE_SET, FEATURE_NAMES, {"fast": fast, "slow": slow, "atr": atr, "window": WINDOW, "rsi": RSI_LENGTH}
+    )
 
 
 class _Smoother:
@@ -100,9 +109,7 @@ class FeatureState:
             raise ValueError(f"atr length must be at least 2, got {atr}")
         self.symbol = symbol
         self.fast, self.slow, self.atr_length = fast, slow, atr
-        self.feature_hash = feature_hash(
-            FEATURE_SET, FEATURE_NAMES, {"fast": fast, "slow": slow, "atr": atr, "window": WINDOW, "rsi": RSI_LENGTH}
-        )
+        self.feature_hash = core_feature_hash(fast, slow, atr)
         self.bars = 0
         self.last_time: int | None = None
         self._ema_fast = ema(fast)
