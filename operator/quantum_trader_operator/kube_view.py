@@ -33,10 +33,6 @@ def labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return meta(obj).get("labels") or {}
 
 
-def annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
-    return meta(obj).get("annotations") or {}
-
-
 def has_labels(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
     own = labels(obj)
     return all(own.get(k) == v for k, v in wanted.items())

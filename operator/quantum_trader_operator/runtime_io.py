@@ -17,10 +17,8 @@ from kubernetes.client.exceptions import ApiException
 
 from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
-from quantum_trader_operator.naming import DRIFT_HALT, ROLLOUT_HALT
 
-__all__ = ["DRIFT_HALT", "ROLLOUT_HALT", "Kube", "KubeError", "load_kube_config", "object_path"]
-"""``DRIFT_HALT``/``ROLLOUT_HALT`` live in naming.py; re-exported for tests/e2e, which imports them from here"""
+__all__ = ["Kube", "KubeError", "load_kube_config", "object_path"]
 
 _PLURALS = {
     "ConfigMap": "configmaps",

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,12 +316,11 @@ class Supervisor:
         timeout: float = 15.0,
         *,
         force: threading.Event | None = None,
-        stopped: Callable[[str, Process], None] | None = None,
     ) -> dict[str, int]:
         """Stop every component in reverse dependency order (``stop_stages``): SIGTERM to a stage (each
         finishes and acks its entry in hand, then exits 0), SIGKILL after ``timeout``, then the next
         stage. Once ``force`` is set, whatever still runs is killed at once. Returns pod -> exit code,
-        in stop order; ``stopped`` hears each pod."""
+        in stop order."""
         codes: dict[str, int] = {}
         forced = force if force is not None else threading.Event()
         for stage in stop_stages(self.components):
@@ -346,8 +344,6 @@ class Supervisor:
                 codes[pod] = popen.returncode
                 process.last_exit = popen.returncode
                 process.state = describe_stop(popen.returncode)
-                if stopped is not None:
-                    stopped(pod, process)
         try:
             current = json.loads(run_file().read_text())
             if current.get("pid") == os.getpid():
