@@ -133,7 +133,7 @@ def cel_errors(node: Mapping[str, Any], value: Any, old: Any, path: str) -> list
             activation["oldSelf"] = to_cel(node, old)
         message = rule.get("message") or f"failed rule: {rule['rule']}"
         try:
-            result = _program(rule["rule"]).evaluate(activation)
+            result = program(rule["rule"]).evaluate(activation)
         except celpy.CELEvalError as error:
             result = error
         if isinstance(result, celtypes.BoolType):
@@ -188,7 +188,7 @@ def to_cel(node: Mapping[str, Any], value: Any) -> Any:
 
 
 @functools.cache
-def _program(rule: str) -> Any:
+def program(rule: str) -> Any:
     env = celpy.Environment()
     return env.program(env.compile(rule))
 

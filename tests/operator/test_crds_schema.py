@@ -158,44 +158,12 @@ def cel_rules(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dic
 # ---------------------------------------------------------------- CEL evaluation (celpy)
 
 
-def _to_cel(celpy: Any, schema: dict[str, Any], value: Any) -> Any:
-    """A value typed as the API server types it for CEL: ``number`` is always a double, maps by schema."""
-    from celpy import celtypes
-
-    if value is None:
-        return None
-    kind = schema.get("type")
-    if kind == "object":
-        props = schema.get("properties") or {}
-        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {}
-        return celtypes.MapType(
-            {celtypes.StringType(k): _to_cel(celpy, props.get(k, extra), v) for k, v in value.items()}
-        )
-    if kind == "array":
-        return celtypes.ListType([_to_cel(celpy, schema.get("items") or {}, item) for item in value])
-    if kind == "number":
-        return celtypes.DoubleType(float(value))
-    if kind == "integer":
-        return celtypes.IntType(value)
-    if kind == "boolean":
-        return celtypes.BoolType(value)
-    if kind == "string":
-        return celtypes.StringType(value)
-    return celpy.json_to_cel(value)
-
-
-@functools.cache
-def _program(rule: str) -> Any:
-    import celpy
-
-    env = celpy.Environment()
-    return env.program(env.compile(rule))
-
-
 def cel_failures(kind: str, document: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """Messages of every rule that does not evaluate to true (an evaluation error counts as a failure)."""
-    celpy = pytest.importorskip("celpy", reason="evaluating CEL rules needs cel-python")
+    pytest.importorskip("celpy", reason="evaluating CEL rules needs cel-python")
     from celpy import celtypes
+
+    from harness.crd_defaults import program, to_cel
 
     schema = open_api(kind)
     failures: list[str] = []
@@ -206,11 +174,11 @@ def cel_failures(kind: str, document: dict[str, Any], old: dict[str, Any] | None
         for rule in node.get("x-kubernetes-validations") or []:
             if "oldSelf" in rule["rule"] and old_value is None:
                 continue  # a transition rule runs on update only
-            activation = {"self": _to_cel(celpy, node, value)}
+            activation = {"self": to_cel(node, value)}
             if old_value is not None:
-                activation["oldSelf"] = _to_cel(celpy, node, old_value)
+                activation["oldSelf"] = to_cel(node, old_value)
             try:
-                result = _program(rule["rule"]).evaluate(activation)
+                result = program(rule["rule"]).evaluate(activation)
             except Exception as error:  # a rule that cannot run is refused by the API server too
                 result = error
             if not (isinstance(result, celtypes.BoolType) and bool(result)):
