@@ -19,7 +19,7 @@ import time
 import numpy as np
 import redis
 
-from quantum_trader.bus.consumer import Delivery, Handler
+from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
 from quantum_trader.bus.heartbeat import HeartbeatRecord, write_heartbeat
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
@@ -29,7 +29,7 @@ from quantum_trader.research.artifact import BASELINE, ArtifactError, LoadedArti
 from quantum_trader.runtime import metrics
 from quantum_trader.runtime.service import ComponentContext, Service
 from quantum_trader.runtime.settings import SettingsError
-from quantum_trader.runtime.state import load_state, save_state
+from quantum_trader.runtime.state import HeldStates
 
 
 class AiEngine(Service):
@@ -37,6 +37,8 @@ class AiEngine(Service):
         super().__init__(ctx)
         self.artifact: LoadedArtifact | None = None
         self._warned_mismatch = False
+        self.baseline_states: HeldStates[baseline.StrategyState] = HeldStates(ctx.client)
+        self.ensemble_states: HeldStates[ensemble.EnsembleState] = HeldStates(ctx.client)
         model = ctx.policy.model
         if model.name == BASELINE:
             self.model_digest = baseline.model_digest(ctx.policy.strategy)
@@ -88,14 +90,17 @@ class AiEngine(Service):
             age = time.time() - self.artifact.trained_until_ms / 1000
             metrics.MODEL_AGE.labels(self.ctx.name).set(age)
 
+    @no_done_precheck  # its only effect is its step, which finds the done key and only acks
+    @independent_steps  # per symbol, each step's guard expects the seq the one before it writes (HeldStates)
     def on_features(self, envelope: Envelope[FeatureVector], delivery: Delivery) -> Step:
         vector = envelope.message
         key = self.ctx.keys.component_state("ai-engine", vector.symbol)
         if self.artifact is None:
-            stored = load_state(self.ctx.client, key)
-            state = baseline.StrategyState.from_dict(stored.data) if stored.data else baseline.StrategyState()
+            state, stored = self.baseline_states.checkout(
+                key, lambda s: _newer(s, vector), lambda d: baseline.StrategyState.from_dict(d or {})
+            )
             intent = baseline.decide(vector, state, self.ctx.policy.strategy)
-            step = save_state(Step(), key, stored, state.to_dict())
+            step = self.baseline_states.save(Step(), key, stored, state, state.to_dict())
         else:
             if vector.feature_hash != self.artifact.feature_hash:
                 self.count("held_feature_mismatch")
@@ -109,12 +114,13 @@ class AiEngine(Service):
                         },
                     )
                 return Step()
-            stored = load_state(self.ctx.client, key)
-            state = ensemble.EnsembleState.from_dict(stored.data) if stored.data else ensemble.EnsembleState()
+            ensemble_state, stored = self.ensemble_states.checkout(
+                key, lambda s: _newer(s, vector), lambda d: ensemble.EnsembleState.from_dict(d or {})
+            )
             started = time.perf_counter()
-            intent = self.infer(vector, state)
+            intent = self.infer(vector, ensemble_state)
             metrics.INFERENCE.labels(self.ctx.name).observe(time.perf_counter() - started)
-            step = save_state(Step(), key, stored, state.to_dict())
+            step = self.ensemble_states.save(Step(), key, stored, ensemble_state, ensemble_state.to_dict())
         if intent is not None:
             self.count("intents")
             step.emit("trade.intent", intent, id=intent.intent_id, corr=envelope.corr)
@@ -129,6 +135,11 @@ class AiEngine(Service):
         return ensemble.decide(
             vector, probabilities, state, model, self.ctx.policy.strategy, model_digest=self.model_digest
         )
+
+
+def _newer(state: baseline.StrategyState | ensemble.EnsembleState, vector: FeatureVector) -> bool:
+    """Whether ``vector`` comes after every vector folded into ``state`` (else it is read back: see HeldStates)."""
+    return state.last_time is None or vector.time > state.last_time
 
 
 def build(ctx: ComponentContext) -> Service:
