@@ -280,6 +280,43 @@ def test_unreachable_exchange_is_retryable() -> None:
     assert (error.code, error.retryable) == (-1001, True)
 
 
+def test_an_order_to_an_unreachable_exchange_may_have_been_executed() -> None:
+    dead = ExchangeClient(API_KEY, API_SECRET, base_url="http://127.0.0.1:9", timeout=2)
+    error = error_of(lambda: dead.market_order("BTCUSDT", "BUY", "0.01", client_order_id("plan-dead")))
+    assert (error.code, error.retryable, error.unknown_outcome) == (-1001, True, True)
+    lookup = error_of(lambda: dead.get_order("BTCUSDT", client_order_id("plan-dead")))
+    assert lookup.code == -1001
+
+
+def test_a_kept_connection_the_server_closed_is_opened_again(order_log: Path) -> None:
+    """Orders go over one kept-alive connection; a restarted exchange closed it: the next order opens a new one
+    (found before the request, so the order is sent once, not failed as a dropped connection)."""
+    first = run_simulator_in_thread(symbols=["BTCUSDT"], credentials={API_KEY: API_SECRET})
+    port = int(first.base_url.rsplit(":", 1)[1])
+    first.set_price("BTCUSDT", 60_000)
+    client = ExchangeClient(API_KEY, API_SECRET, base_url=first.base_url, timeout=5)
+    try:
+        assert client.market_order("BTCUSDT", "BUY", "0.01", client_order_id("plan-a")).status == "FILLED"
+        first.stop()
+        second = run_simulator_in_thread(symbols=["BTCUSDT"], credentials={API_KEY: API_SECRET}, port=port)
+        try:
+            second.set_price("BTCUSDT", 60_000)
+            time.sleep(0.05)  # the old server's close reaches the client's socket
+            assert client.market_order("BTCUSDT", "BUY", "0.01", client_order_id("plan-b")).status == "FILLED"
+            assert [e["clientOrderId"] for e in second.orders()] == [client_order_id("plan-b")]
+        finally:
+            second.stop()
+    finally:
+        client.close()
+
+
+def test_orders_and_lookups_count_as_requests(client: ExchangeClient) -> None:
+    client.market_order("ETHUSDT", "BUY", "0.1", client_order_id("plan-count"))
+    client.get_order("ETHUSDT", client_order_id("plan-count"))
+    client.ping()
+    assert client.requests_sent == 3
+
+
 def test_invalid_arguments_fail_before_any_request(client: ExchangeClient) -> None:
     with pytest.raises(ValueError, match="client order id"):
         client.market_order("BTCUSDT", "BUY", "0.01", "not valid!")

@@ -161,3 +161,37 @@ def test_an_internal_failure_is_binances_unknown_error_not_a_stack_trace():
     status, body = asyncio.run(scenario())
     assert status == 500
     assert body == {"code": -1000, "msg": "An unknown error occurred while processing the request."}
+
+
+def test_python_binance_places_and_looks_up_an_order_with_real_signatures(sim, binance):
+    """The order path's own requests (exchange/transport.py) replace python-binance's for orders; python-binance
+    itself must still place, look up and be refused exactly as at Binance."""
+    placed = binance.futures_create_order(
+        symbol="BTCUSDT",
+        side="BUY",
+        type="MARKET",
+        quantity="0.01",
+        newClientOrderId="lib-1",
+        newOrderRespType="RESULT",
+    )
+    assert (placed["status"], placed["clientOrderId"], placed["executedQty"]) == ("FILLED", "lib-1", "0.01")
+    found = binance.futures_get_order(symbol="BTCUSDT", origClientOrderId="lib-1")
+    assert found["orderId"] == placed["orderId"]
+    with pytest.raises(BinanceAPIException) as duplicate:
+        binance.futures_create_order(
+            symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01", newClientOrderId="lib-1"
+        )
+    assert duplicate.value.code == -4116
+    with pytest.raises(BinanceAPIException) as missing:
+        binance.futures_get_order(symbol="BTCUSDT", origClientOrderId="never-sent")
+    assert missing.value.code == -2013
+    wrong = Client(API_KEY, "not-the-secret", ping=False)
+    for attribute, path in _URL_ATTRIBUTES.items():
+        setattr(wrong, attribute, sim.base_url + path)
+    with pytest.raises(BinanceAPIException) as unsigned:
+        wrong.futures_create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01")
+    assert unsigned.value.code == -1022
+    assert [(e["clientOrderId"], e["outcome"], e["code"]) for e in sim.orders()][:2] == [
+        ("lib-1", "accepted", None),
+        ("lib-1", "rejected", -4116),
+    ]

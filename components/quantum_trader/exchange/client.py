@@ -10,8 +10,12 @@ Why a wrapper:
 - the API key and secret live only inside the library client: this object's ``repr`` and
   its log lines never contain them (invariant 10).
 
-Calls are blocking (requests); an asyncio caller runs them with ``asyncio.to_thread``. A lock
-serializes calls because a ``requests.Session`` is not meant to be shared between threads.
+Calls are blocking; an asyncio caller runs them with ``asyncio.to_thread``. Orders and order lookups
+(the per-order requests) go out through :class:`~quantum_trader.exchange.transport.SignedTransport`:
+the same signed bytes python-binance would send, on one kept-alive connection per thread, without
+requests' per-request machinery, and callable from several threads at once. Everything else goes
+through python-binance, under a lock because a ``requests.Session`` is not meant to be shared
+between threads. Behind a proxy (from the environment) orders go through python-binance too.
 """
 
 from __future__ import annotations
@@ -31,18 +35,19 @@ from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from quantum_trader.contracts.messages import OrderType, Side
 from quantum_trader.exchange.errors import (
-    DISCONNECTED,
     INVALID_SYMBOL,
     ORDER_DOES_NOT_EXIST,
-    RETRYABLE_CODES,
-    TIMEOUT,
-    UNKNOWN,
     ConditionalOrderRefused,
     ExchangeError,
+    answer_error,
+    disconnected_error,
+    timeout_error,
+    unreadable_error,
 )
 from quantum_trader.exchange.filters import SymbolFilters, plain, to_decimal
 from quantum_trader.exchange.models import AccountInfo, ExchangePosition, OrderResult
 from quantum_trader.exchange.order_ids import is_valid_client_order_id
+from quantum_trader.exchange.transport import SignedTransport
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +131,31 @@ class ExchangeClient:
                 setattr(self._client, attribute, self._base_url + path)
         self._client.REQUEST_TIMEOUT = self.timeout
         self._client.REQUEST_RECVWINDOW = int(recv_window)
-        target = self._base_url or (self._client.FUTURES_TESTNET_URL if testnet else self._client.FUTURES_URL)
-        _settle_environment(self._client.session, target)
+        futures_url = self._client.FUTURES_TESTNET_URL if testnet else self._client.FUTURES_URL
+        _settle_environment(self._client.session, self._base_url or futures_url)
+        self._orders: SignedTransport | None = None
+        """the lean path for orders and order lookups (None behind a proxy: python-binance sends them)"""
+        if not self._client.session.proxies:
+            self._orders = SignedTransport(
+                futures_url,
+                api_key,
+                api_secret,
+                timeout=self.timeout,
+                recv_window=int(recv_window),
+                offset_ms=lambda: int(self._client.timestamp_offset),
+                verify=self._client.session.verify,
+            )
         self._lock = threading.Lock()
         self._filters: dict[str, SymbolFilters] = {}
-        self.requests_sent = 0
-        """HTTP requests attempted through this client (refused orders never count)."""
+        self._library_requests = 0
         self.refused_orders = 0
         """orders refused before any request because their type is not MARKET (invariant 5)"""
         self.refused_by_type: Counter[str] = Counter()
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests attempted through this client (refused orders never count)."""
+        return self._library_requests + (self._orders.requests if self._orders is not None else 0)
 
     def __repr__(self) -> str:
         target = f", base_url={self._base_url!r}" if self._base_url else ""
@@ -195,12 +216,17 @@ class ExchangeClient:
         }
         if reduce_only:
             params["reduceOnly"] = "true"
+        if self._orders is not None:
+            return OrderResult.from_binance(self._orders.call("POST", "/v1/order", params))
         return OrderResult.from_binance(self._call(self._client.futures_create_order, **params))
 
     def get_order(self, symbol: str, client_order_id: str) -> OrderResult | None:
         """The order with ``client_order_id``, or None when the exchange has none (-2013)."""
         try:
-            raw = self._call(self._client.futures_get_order, symbol=symbol, origClientOrderId=client_order_id)
+            if self._orders is not None:
+                raw = self._orders.call("GET", "/v1/order", {"symbol": symbol, "origClientOrderId": client_order_id})
+            else:
+                raw = self._call(self._client.futures_get_order, symbol=symbol, origClientOrderId=client_order_id)
         except ExchangeError as error:
             if error.code == ORDER_DOES_NOT_EXIST:
                 return None
@@ -293,34 +319,24 @@ class ExchangeClient:
 
     def close(self) -> None:
         self._client.session.close()
+        if self._orders is not None:
+            self._orders.close()
 
     # ---- internals ---------------------------------------------------------------------------
 
     def _call(self, method: Callable[..., Any], **params: Any) -> Any:
         with self._lock:
-            self.requests_sent += 1
+            self._library_requests += 1
             try:
                 return method(**params)
             except BinanceAPIException as error:
                 raise api_error(error) from None
             except requests.Timeout:
-                raise ExchangeError(
-                    TIMEOUT,
-                    f"no answer within {self.timeout:g}s; the request may have been executed",
-                    retryable=True,
-                    unknown_outcome=True,
-                ) from None
+                raise timeout_error(self.timeout) from None
             except requests.ConnectionError as error:
-                raise ExchangeError(
-                    DISCONNECTED,
-                    f"connection to the exchange failed ({type(error).__name__}); the request may have been executed",
-                    retryable=True,
-                    unknown_outcome=True,
-                ) from None
+                raise disconnected_error(type(error).__name__) from None
             except BinanceRequestException as error:
-                raise ExchangeError(
-                    UNKNOWN, f"unreadable answer: {error.message[:200]}", retryable=True, unknown_outcome=True
-                ) from None
+                raise unreadable_error(error.message) from None
 
 
 def _settle_environment(session: requests.Session, url: str) -> None:
@@ -339,18 +355,5 @@ def _settle_environment(session: requests.Session, url: str) -> None:
 
 
 def api_error(error: BinanceAPIException) -> ExchangeError:
-    """Map an HTTP error answer: 5xx, 429 and Binance's transient codes are retryable."""
-    status = int(error.status_code)
-    code = int(error.code or 0)
-    if not code:
-        code = UNKNOWN
-    server_side = status >= 500
-    retryable = server_side or status == 429 or code in RETRYABLE_CODES
-    message = str(error.message or f"HTTP {status}")
-    return ExchangeError(
-        code,
-        message,
-        retryable=retryable,
-        unknown_outcome=server_side or code == TIMEOUT,
-        http_status=status,
-    )
+    """Map python-binance's HTTP error answer (see :func:`errors.answer_error`)."""
+    return answer_error(int(error.status_code), int(error.code or 0), str(error.message or ""))

@@ -54,6 +54,45 @@ class ExchangeError(Exception):
         )
 
 
+def answer_error(status: int, code: int, message: str) -> ExchangeError:
+    """An HTTP error answer as an :class:`ExchangeError`: 5xx, 429 and Binance's transient codes are
+    retryable; a 5xx or a -1007 may have been executed. ``code`` 0 (no Binance code) is -1000."""
+    code = code or UNKNOWN
+    server_side = status >= 500
+    return ExchangeError(
+        code,
+        message or f"HTTP {status}",
+        retryable=server_side or status == 429 or code in RETRYABLE_CODES,
+        unknown_outcome=server_side or code == TIMEOUT,
+        http_status=status,
+    )
+
+
+def timeout_error(timeout: float) -> ExchangeError:
+    """No answer in time: the request may have been executed (look an order up before resending)."""
+    return ExchangeError(
+        TIMEOUT,
+        f"no answer within {timeout:g}s; the request may have been executed",
+        retryable=True,
+        unknown_outcome=True,
+    )
+
+
+def disconnected_error(cause: str) -> ExchangeError:
+    """The connection failed or dropped: the request may have been executed."""
+    return ExchangeError(
+        DISCONNECTED,
+        f"connection to the exchange failed ({cause}); the request may have been executed",
+        retryable=True,
+        unknown_outcome=True,
+    )
+
+
+def unreadable_error(message: str) -> ExchangeError:
+    """A 2xx answer that is not JSON (python-binance: ``Invalid Response: <text>``): what it did is unknown."""
+    return ExchangeError(UNKNOWN, f"unreadable answer: {message[:200]}", retryable=True, unknown_outcome=True)
+
+
 class ConditionalOrderRefused(Exception):
     """An order type other than MARKET, refused before any request (invariant 5).
 
