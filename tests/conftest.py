@@ -31,19 +31,19 @@ def _redis_binary() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free loopback port for the whole test session; yields its URL."""
+def start_redis_server(workdir: Path, *, password: str | None = None) -> tuple[subprocess.Popen, str]:
+    """A real redis-server on a free loopback port, answering (with ``password``: only after AUTH); returns the
+    process (the caller terminates it) and its URL, which never holds the password."""
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
+    auth = ["--requirepass", password] if password is not None else []
     process = subprocess.Popen(
         [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--maxclients", "2000"],
+         "--dir", str(workdir), "--maxclients", "2000", *auth],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, password=password)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -54,6 +54,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 process.kill()
                 pytest.fail("redis-server did not start")
             time.sleep(0.05)
+    client.close()
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port for the whole test session; yields its URL."""
+    process, url = start_redis_server(tmp_path_factory.mktemp("redis"))
     yield url
     process.terminate()
     process.wait(10)

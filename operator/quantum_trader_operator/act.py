@@ -43,13 +43,20 @@ def post_event(body: Mapping[str, Any], event: Event) -> None:
         log.warning("event %s not posted: %s", event.reason, error)
 
 
-def policy(sources: Sources, rendered: RenderedPolicy, plan: PolicyPlan, *, drain_seconds: float) -> None:
-    """Everything the plan says, in the safe order. Raises ``KubeError`` or ``redis.RedisError`` when a step
-    that must not be skipped fails (the handler reports it; the timer is the retry)."""
+def policy(
+    sources: Sources,
+    client: redis.Redis | None,
+    rendered: RenderedPolicy,
+    plan: PolicyPlan,
+    *,
+    drain_seconds: float,
+) -> None:
+    """Everything the plan says, in the safe order. ``client`` is the one gather.py read the instance's Redis
+    with (its password Secret read once per check); decide plans Redis writes only when that read worked.
+    Raises ``KubeError`` or ``redis.RedisError`` when a step that must not be skipped fails (the handler
+    reports it; the timer is the retry)."""
     where = f"{rendered.namespace}/{rendered.name}"
     keys = rendered.keys
-    needs_redis = plan.initialize_control or plan.raise_halts or plan.clear_halts or plan.destroy_groups
-    client = sources.client(rendered.body, rendered.spec) if needs_redis or plan.start_rollout else None
     for line in plan.warnings:
         log.warning("%s", line)
     if client is not None and plan.initialize_control:

@@ -66,7 +66,7 @@ def condition(
 ) -> Condition:
     """A condition from a tri-state: True, False, or None for Unknown."""
     status = UNKNOWN if ok is None else (TRUE if ok else FALSE)
-    return Condition(type_, status, reason, message, observed_generation)
+    return Condition(str(type_), status, reason, message, observed_generation)
 
 
 def format_time(now: datetime | str) -> str:

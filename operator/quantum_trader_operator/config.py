@@ -66,10 +66,11 @@ def config_data(policy_cr: Mapping[str, Any]) -> dict[str, str]:
     It holds Secret *references* (exchangeSecretRef, redis.passwordSecretRef) because the components
     validate the same PolicySpec (live mode needs exchangeSecretRef); never a credential value.
     """
-    return _config_data(checked_spec(policy_cr))
+    return spec_config_data(checked_spec(policy_cr))
 
 
-def _config_data(spec: PolicySpec) -> dict[str, str]:
+def spec_config_data(spec: PolicySpec) -> dict[str, str]:
+    """:func:`config_data` of a spec already parsed and found valid (``validation.check_policy``)."""
     return {n.CONFIG_KEY: dump_policy(runtime_spec(spec))}
 
 

@@ -20,13 +20,13 @@ from typing import Any
 from quantum_trader.contracts.control import ControlState, Scope
 from quantum_trader.contracts.heartbeat import HeartbeatRecord
 from quantum_trader.contracts.keys import Keys
-from quantum_trader.contracts.policy import PolicyError, PolicySpec
+from quantum_trader.contracts.policy import PolicySpec
 from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
 from quantum_trader_operator import rollout
 from quantum_trader_operator.conditions import condition, merge_conditions
-from quantum_trader_operator.config import config_data, config_hash
-from quantum_trader_operator.desired import EXECUTORS, OperatorSettings, desired_objects, rollout_order
+from quantum_trader_operator.config import config_hash, spec_config_data
+from quantum_trader_operator.desired import EXECUTORS, OperatorSettings, render_objects, rollout_order
 from quantum_trader_operator.drift import (
     DriftFinding,
     DriftKind,
@@ -37,8 +37,9 @@ from quantum_trader_operator.drift import (
     summarize,
 )
 from quantum_trader_operator.health import HealthInputs, HealthMemory, assess, parse_reconcile_status
-from quantum_trader_operator.models import policy_spec
+from quantum_trader_operator.models import ConditionType
 from quantum_trader_operator.observation import PolicyObservation
+from quantum_trader_operator.validation import PolicyCheck
 from quantum_trader_operator.wiring import groups_to_delete, wiring_condition
 
 OBJECT_DRIFT = frozenset(
@@ -115,15 +116,15 @@ class RenderedPolicy:
         return self.spec.enabled_components()
 
 
-def render(body: Mapping[str, Any], settings: OperatorSettings) -> RenderedPolicy:
-    """Raises ``validation.InvalidPolicy`` for a policy :func:`validation.validate_policy` refuses."""
-    desired = desired_objects(body, settings=settings)
-    data = config_data(body)
+def render(body: Mapping[str, Any], spec: PolicySpec, settings: OperatorSettings) -> RenderedPolicy:
+    """Everything a check needs from a policy whose ``spec`` :func:`validation.check_policy` parsed and found
+    valid: the spec is parsed and judged once per check, never again here."""
+    data = spec_config_data(spec)
     return RenderedPolicy(
         body=dict(body),
-        spec=policy_spec(body),
+        spec=spec,
         keys=Keys(n.instance_id(kv.namespace(body), kv.name(body))),
-        desired=desired,
+        desired=render_objects(body, spec, data, settings=settings),
         config=data,
         config_hash=config_hash(data),
     )
@@ -426,11 +427,12 @@ def _now(ms: int) -> datetime:
 
 
 def invalid_policy(
-    body: Mapping[str, Any], problems: Sequence[str], memory: PolicyMemory, *, announce: bool, now_ms: int
+    body: Mapping[str, Any], check: PolicyCheck, memory: PolicyMemory, *, announce: bool, now_ms: int
 ) -> PolicyPlan:
     """Nothing is touched: running children keep running what they run until the spec is fixed. The problems
     are announced once per distinct set, by the spec-change handlers only (a timer may see the policy first,
     and must neither post the Event nor keep the handler from posting it)."""
+    problems = check.problems
     plan = PolicyPlan(memory)
     if announce and tuple(problems) != memory.problems:
         plan.warnings.append(f"{kv.namespace(body)}/{kv.name(body)}: invalid spec: {'; '.join(problems)}")
@@ -438,14 +440,10 @@ def invalid_policy(
         memory.problems = tuple(problems)
     generation = kv.generation(body)
     message = "spec invalid: " + "; ".join(problems)
-    new = [condition("Ready", False, "SpecInvalid", message, generation)]
-    try:
-        enabled = policy_spec(body).enabled_components()
-    except PolicyError:
-        enabled = None
-    if enabled is not None:
+    new = [condition(ConditionType.READY, False, "SpecInvalid", message, generation)]
+    if check.spec is not None:
         # The wiring verdict names the streams nobody produces; it is the reason nothing was rolled out.
-        new.append(wiring_condition(enabled, generation))
+        new.append(wiring_condition(check.spec.enabled_components(), generation))
     plan.status = {
         "health": "Invalid",
         "message": message,

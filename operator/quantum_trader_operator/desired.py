@@ -22,7 +22,7 @@ from quantum_trader.contracts.policy import Mode, PolicySpec
 from quantum_trader.contracts.registry import COMPONENTS
 from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
-from quantum_trader_operator.config import config_data, config_hash, matching_rollout
+from quantum_trader_operator.config import config_hash, matching_rollout, spec_config_data
 from quantum_trader_operator.models import ExitRolloutSpec
 from quantum_trader_operator.validation import SINGLE_REPLICA, InvalidPolicy, checked_spec, validate_policy
 
@@ -438,12 +438,25 @@ def desired_objects(
     Raises :class:`InvalidPolicy` (with every problem) when :func:`validate_policy` finds any, and
     ``ValueError`` for an object without name, namespace or uid, or an ExitRollout of another policy.
     """
+    _identity(policy_cr)
+    spec = checked_spec(policy_cr)
+    return render_objects(policy_cr, spec, spec_config_data(spec), exit_rollout=exit_rollout, settings=settings)
+
+
+def render_objects(
+    policy_cr: Mapping[str, Any],
+    spec: PolicySpec,
+    data: Mapping[str, str],
+    *,
+    exit_rollout: Mapping[str, Any] | ExitRolloutSpec | None = None,
+    settings: OperatorSettings | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`desired_objects` of a policy whose ``spec`` was parsed and found valid once for this reconcile
+    (``validation.check_policy``), and the ConfigMap data rendered from it (``config.spec_config_data``)."""
     settings = settings or OperatorSettings()
     policy, _ = _identity(policy_cr)
-    spec = checked_spec(policy_cr)
     owner_reference(policy_cr)  # fail before building anything when the uid is missing
     matching_rollout(policy, exit_rollout)
-    data = config_data(policy_cr)
     data_hash = config_hash(data)
     objects: list[dict[str, Any]] = [_config_map(policy_cr, data)]
     objects.append(
@@ -507,6 +520,7 @@ __all__ = [
     "desired_objects",
     "owner_reference",
     "paper_credentials_secret",
+    "render_objects",
     "rollout_order",
     "validate_policy",
 ]

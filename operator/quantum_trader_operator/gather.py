@@ -71,32 +71,42 @@ def children(kube: Kube, namespace: str, policy: str, uid: str) -> Children:
     return found
 
 
-def instance_redis(sources: Sources, body: Mapping[str, Any], spec: PolicySpec, keys: Keys) -> RedisView:
+def instance_redis(
+    sources: Sources, body: Mapping[str, Any], spec: PolicySpec, keys: Keys
+) -> tuple[RedisView, redis.Redis | None]:
+    """What the instance's Redis holds, and a client for act.py (None when the password Secret is unreadable):
+    the Secret is read here once per check, and act.py writes through the same client."""
     try:
         target = sources.redis_target(body, spec)
     except KubeError as error:
-        return RedisView("(password secret unreadable)", error=str(error))
+        return RedisView("(password secret unreadable)", error=str(error)), None
+    client = sources.pool.client(target)
     try:
-        client = sources.pool.client(target)
-        return RedisView(target.display, redis_io.read_instance(client, keys), redis_io.read_rollout(client, keys))
+        view = RedisView(target.display, redis_io.read_instance(client, keys), redis_io.read_rollout(client, keys))
     except redis.RedisError as error:
-        return RedisView(target.display, error=str(error) or type(error).__name__)
+        view = RedisView(target.display, error=str(error) or type(error).__name__)
+    return view, client
 
 
-def policy(sources: Sources, body: Mapping[str, Any], spec: PolicySpec, keys: Keys) -> PolicyObservation:
+def policy(
+    sources: Sources, body: Mapping[str, Any], spec: PolicySpec, keys: Keys
+) -> tuple[PolicyObservation, redis.Redis | None]:
     """Children, pods, the instance's Redis (heartbeats, groups, control, halts, rollout state) and whether the
-    paper key pair exists — for a policy ``validation.validate_policy`` found nothing wrong with."""
+    paper key pair exists — for a policy ``validation.check_policy`` found nothing wrong with — and the client
+    of its Redis for act.py (None: its password Secret could not be read)."""
     namespace, name = kv.namespace(body), kv.name(body)
     paper_secret = spec.mode is not Mode.PAPER or (
         sources.kube.get("v1", "Secret", namespace, n.paper_credentials_secret_name(name)) is not None
     )
-    return PolicyObservation(
+    view, client = instance_redis(sources, body, spec, keys)
+    observed = PolicyObservation(
         body=dict(body),
         children=children(sources.kube, namespace, name, str(kv.meta(body).get("uid") or "")),
-        redis=instance_redis(sources, body, spec, keys),
+        redis=view,
         paper_secret_exists=paper_secret,
         now_ms=now_ms(),
     )
+    return observed, client
 
 
 # ------------------------------------------------------------------ KillSwitch and ExitRollout

@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 import redis
 
-from quantum_trader_operator import act, decide, decide_switches, gather
+from quantum_trader_operator import act, decide, decide_switches, gather, validation
 from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.desired import OperatorSettings
@@ -39,7 +39,6 @@ from quantum_trader_operator.models import (
 )
 from quantum_trader_operator.redis_io import RedisPool
 from quantum_trader_operator.runtime_io import Kube, KubeError, load_kube_config
-from quantum_trader_operator.validation import validate_policy
 
 log = logging.getLogger("quantum_trader_operator")
 
@@ -189,15 +188,15 @@ def check_policy(body: Mapping[str, Any], *, apply: bool, announce: bool) -> dic
         return None
     rt = runtime()
     state = rt.state(kv.namespace(body), kv.name(body))
-    problems = validate_policy(body)
-    if problems:
-        plan = decide.invalid_policy(body, problems, state.memory, announce=announce, now_ms=gather.now_ms())
+    check = validation.check_policy(body)  # the one parse and validation of the spec in this check
+    if check.problems or check.spec is None:
+        plan = decide.invalid_policy(body, check, state.memory, announce=announce, now_ms=gather.now_ms())
         act.invalid_policy(body, plan)
     else:
-        rendered = decide.render(body, rt.settings)
-        observed = gather.policy(rt.sources, body, rendered.spec, rendered.keys)
+        rendered = decide.render(body, check.spec, rt.settings)
+        observed, client = gather.policy(rt.sources, body, rendered.spec, rendered.keys)
         plan = decide.policy(rendered, observed, state.memory, TIMINGS, apply=apply)
-        act.policy(rt.sources, rendered, plan, drain_seconds=DRAIN_SECONDS)
+        act.policy(rt.sources, client, rendered, plan, drain_seconds=DRAIN_SECONDS)
     state.memory = plan.memory
     return plan.status
 

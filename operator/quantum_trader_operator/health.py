@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -35,16 +35,8 @@ from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.conditions import Condition, condition
 from quantum_trader_operator.drift import DriftFinding, model_findings, summarize
+from quantum_trader_operator.models import ConditionType, Health
 from quantum_trader_operator.wiring import WIRING_REASONS, condition_for_report
-
-
-class Health(StrEnum):
-    HEALTHY = "Healthy"
-    PROGRESSING = "Progressing"
-    DEGRADED = "Degraded"
-    HALTED = "Halted"
-    INVALID = "Invalid"
-
 
 _RANK = {Health.HEALTHY: 0, Health.PROGRESSING: 1, Health.DEGRADED: 2, Health.HALTED: 3, Health.INVALID: 4}
 
@@ -104,23 +96,17 @@ REASON_LEVEL: dict[Reason, Health] = {
 }
 _REASON_ORDER = {reason: index for index, reason in enumerate(Reason)}
 
-# Condition types (DESIGN §5) and the reasons each can carry.
-READY = "Ready"
-IMAGE_CONSISTENT = "ImageConsistent"
-WIRING_VALID = "WiringValid"
-MODEL_CONSISTENT = "ModelConsistent"
-KILL_SWITCH = "KillSwitchEngaged"
-ROLLOUT = "RolloutInProgress"
-EXCHANGE_RECONCILED = "ExchangeReconciled"
-
-CONDITION_REASONS: dict[str, frozenset[str]] = {
-    READY: frozenset(r.value for r in Reason),
-    IMAGE_CONSISTENT: frozenset({"ImagesMatchPolicy", "DriftDetected"}),
-    WIRING_VALID: WIRING_REASONS,
-    MODEL_CONSISTENT: frozenset({"ModelMatchesPolicy", "ModelDrift", "ModelNotReported", "NoModelConfigured"}),
-    KILL_SWITCH: frozenset({"Released", "Engaged", "AutomaticHalt", "ControlUnavailable"}),
-    ROLLOUT: frozenset({"RollingOut", "NoRollout"}),
-    EXCHANGE_RECONCILED: frozenset(
+# The reasons each condition type (models.ConditionType, the one list of them) can carry.
+CONDITION_REASONS: dict[ConditionType, frozenset[str]] = {
+    ConditionType.READY: frozenset(r.value for r in Reason),
+    ConditionType.IMAGE_CONSISTENT: frozenset({"ImagesMatchPolicy", "DriftDetected"}),
+    ConditionType.WIRING_VALID: WIRING_REASONS,
+    ConditionType.MODEL_CONSISTENT: frozenset(
+        {"ModelMatchesPolicy", "ModelDrift", "ModelNotReported", "NoModelConfigured"}
+    ),
+    ConditionType.KILL_SWITCH_ENGAGED: frozenset({"Released", "Engaged", "AutomaticHalt", "ControlUnavailable"}),
+    ConditionType.ROLLOUT_IN_PROGRESS: frozenset({"RollingOut", "NoRollout"}),
+    ConditionType.EXCHANGE_RECONCILED: frozenset(
         {"PositionsMatched", "PositionsMismatch", "ReconcileStale", "NotReconciledYet", "ReconcilerDisabled"}
     ),
 }
@@ -213,9 +199,11 @@ class HealthInputs:
     open_positions: int = 0
     reconcile: ReconcileStatus | None = None
     control: ControlState | Mapping[str, str] | None = None
-    """a parsed ControlState, or the raw ``control`` hash; None (missing) means halted — fail closed"""
+    """the raw ``control`` hash, or a parsed ControlState (as is: the fail-closed state of an unreadable Redis);
+    None (missing) means halted — fail closed"""
     halts: Mapping[str, str] | None = None
-    """the raw ``halts`` hash, used when ``control`` is the raw hash"""
+    """the raw ``halts`` hash (source -> reason), read with a raw ``control``: the operator's rollout halt is
+    told apart from the others by its source"""
     wiring: WiringReport | None = None
     """None: computed from ``enabled_components``"""
     drift: list[DriftFinding] = field(default_factory=list)
@@ -351,10 +339,14 @@ class _Assessment:
         self.findings.append(HealthFinding(REASON_LEVEL[reason], reason, component, message))
 
 
-def _resolve_control(inputs: HealthInputs) -> ControlState:
+def _resolve_control(inputs: HealthInputs) -> tuple[ControlState, str | None]:
+    """The kill switch and the automatic halts in force apart from the operator's rollout halt, and that halt's
+    reason (None: no rollout). The rollout halt is its field of the ``halts`` hash, found by its source."""
     if isinstance(inputs.control, ControlState):
-        return inputs.control
-    return parse_control(dict(inputs.control) if inputs.control else None, dict(inputs.halts or {}))
+        return inputs.control, None
+    others = dict(inputs.halts or {})
+    rolling = others.pop(n.ROLLOUT_HALT, None)
+    return parse_control(dict(inputs.control) if inputs.control else None, others), rolling
 
 
 def _is_fail_closed(control: ControlState) -> bool:
@@ -621,32 +613,31 @@ def _assess_dead_letters(work: _Assessment) -> None:
             work.add(Reason.DEAD_LETTER_GROWING, "", f"{name} grew from {before} to {length} since the last check")
 
 
-def _assess_control(work: _Assessment, control: ControlState) -> tuple[Condition, Condition]:
-    """KillSwitchEngaged and RolloutInProgress. The operator's rollout halt stops entries like any halt, but it
-    is the normal course of a rollout, so it is reported as one (Progressing), never as a kill switch."""
+def _assess_control(work: _Assessment, control: ControlState, rolling: str | None) -> tuple[Condition, Condition]:
+    """KillSwitchEngaged and RolloutInProgress. The operator's rollout halt (``rolling``, its reason) stops
+    entries like any halt, but it is the normal course of a rollout, so it is reported as one (Progressing),
+    never as a kill switch; ``control`` is the rest."""
     generation = work.inputs.generation
-    rollout_prefix = f"{n.ROLLOUT_HALT}: "
-    rolling = [h.removeprefix(rollout_prefix) for h in control.halts if h.startswith(rollout_prefix)]
-    halts = tuple(h for h in control.halts if not h.startswith(rollout_prefix))
-    if rolling:
-        work.add(Reason.ROLLOUT_IN_PROGRESS, "", f"entries wait for the rollout: {rolling[0]}")
-        rollout = condition(ROLLOUT, True, "RollingOut", rolling[0], generation)
+    halts = control.halts
+    if rolling is not None:
+        work.add(Reason.ROLLOUT_IN_PROGRESS, "", f"entries wait for the rollout: {rolling}")
+        rollout = condition(ConditionType.ROLLOUT_IN_PROGRESS, True, "RollingOut", rolling, generation)
     else:
-        rollout = condition(ROLLOUT, False, "NoRollout", "no rollout in progress", generation)
+        rollout = condition(ConditionType.ROLLOUT_IN_PROGRESS, False, "NoRollout", "no rollout in progress", generation)
     if _is_fail_closed(control):
         message = f"control unavailable, halted (fail closed): {control.reason}"
         work.add(Reason.CONTROL_UNAVAILABLE, "", message)
-        return condition(KILL_SWITCH, True, "ControlUnavailable", message, generation), rollout
-    described = replace(control, halts=halts).describe()
+        return condition(ConditionType.KILL_SWITCH_ENGAGED, True, "ControlUnavailable", message, generation), rollout
+    described = control.describe()
     if control.engaged:
         work.add(Reason.KILL_SWITCH_ENGAGED, "", f"kill switch {described}")
     if halts:
         work.add(Reason.AUTOMATIC_HALT, "", "entries halted automatically: " + "; ".join(halts))
     if control.engaged:
-        return condition(KILL_SWITCH, True, "Engaged", described, generation), rollout
+        return condition(ConditionType.KILL_SWITCH_ENGAGED, True, "Engaged", described, generation), rollout
     if halts:
-        return condition(KILL_SWITCH, True, "AutomaticHalt", described, generation), rollout
-    return condition(KILL_SWITCH, False, "Released", described, generation), rollout
+        return condition(ConditionType.KILL_SWITCH_ENGAGED, True, "AutomaticHalt", described, generation), rollout
+    return condition(ConditionType.KILL_SWITCH_ENGAGED, False, "Released", described, generation), rollout
 
 
 def _assess_reconcile(work: _Assessment, reconciler_beats: list[HeartbeatRecord]) -> Condition:
@@ -654,7 +645,9 @@ def _assess_reconcile(work: _Assessment, reconciler_beats: list[HeartbeatRecord]
     generation = inputs.generation
     limit = inputs.thresholds.reconcile_stale_seconds
     if "reconciler" not in inputs.enabled_components:
-        return condition(EXCHANGE_RECONCILED, None, "ReconcilerDisabled", "the reconciler is not enabled", generation)
+        return condition(
+            ConditionType.EXCHANGE_RECONCILED, None, "ReconcilerDisabled", "the reconciler is not enabled", generation
+        )
     status = inputs.reconcile
     if status is None or status.runs == 0:
         started = min((b.started_ms for b in reconciler_beats), default=None)
@@ -662,22 +655,26 @@ def _assess_reconcile(work: _Assessment, reconciler_beats: list[HeartbeatRecord]
             # Running for longer than the limit without one reconciliation: usually an unreachable exchange.
             message = f"running for {(inputs.now_ms - started) / 1000:.0f}s without a reconciliation"
             work.add(Reason.RECONCILE_STALE, "reconciler", f"reconciler: {message}")
-            return condition(EXCHANGE_RECONCILED, False, "ReconcileStale", message, generation)
+            return condition(ConditionType.EXCHANGE_RECONCILED, False, "ReconcileStale", message, generation)
         return condition(
-            EXCHANGE_RECONCILED, None, "NotReconciledYet", "the reconciler has not reported yet", generation
+            ConditionType.EXCHANGE_RECONCILED,
+            None,
+            "NotReconciledYet",
+            "the reconciler has not reported yet",
+            generation,
         )
     age = (inputs.now_ms - status.time_ms) / 1000
     if age > limit:
         message = f"last reconciliation {age:.0f}s ago (limit {limit:g}s)"
         work.add(Reason.RECONCILE_STALE, "reconciler", f"reconciler: {message}")
-        return condition(EXCHANGE_RECONCILED, False, "ReconcileStale", message, generation)
+        return condition(ConditionType.EXCHANGE_RECONCILED, False, "ReconcileStale", message, generation)
     if not status.matched:
         # Not a health finding by itself: an order in flight during a run is an explained, transient mismatch;
         # an unexplained one raises the reconciler's automatic halt, which shows as Halted.
         message = f"{status.findings} positions differ from the exchange (run {status.runs}, {age:.0f}s ago)"
-        return condition(EXCHANGE_RECONCILED, False, "PositionsMismatch", message, generation)
+        return condition(ConditionType.EXCHANGE_RECONCILED, False, "PositionsMismatch", message, generation)
     return condition(
-        EXCHANGE_RECONCILED,
+        ConditionType.EXCHANGE_RECONCILED,
         True,
         "PositionsMatched",
         f"internal positions match the exchange (run {status.runs}, {age:.0f}s ago)",
@@ -692,16 +689,22 @@ def _model_condition(inputs: HealthInputs, heartbeats: list[HeartbeatRecord]) ->
         message = "; ".join(f.message for f in differing[:3])
         if len(differing) > 3:
             message += f" (+{len(differing) - 3} more)"
-        return condition(MODEL_CONSISTENT, False, "ModelDrift", message, generation)
+        return condition(ConditionType.MODEL_CONSISTENT, False, "ModelDrift", message, generation)
     if not inputs.expected_model_digest:
-        return condition(MODEL_CONSISTENT, True, "NoModelConfigured", "the policy names no model digest", generation)
+        return condition(
+            ConditionType.MODEL_CONSISTENT, True, "NoModelConfigured", "the policy names no model digest", generation
+        )
     reporting = sorted({b.component for b in heartbeats if b.model_digest})
     if not reporting:
         return condition(
-            MODEL_CONSISTENT, None, "ModelNotReported", "no component has reported a model digest yet", generation
+            ConditionType.MODEL_CONSISTENT,
+            None,
+            "ModelNotReported",
+            "no component has reported a model digest yet",
+            generation,
         )
     return condition(
-        MODEL_CONSISTENT,
+        ConditionType.MODEL_CONSISTENT,
         True,
         "ModelMatchesPolicy",
         f"{', '.join(reporting)} report model {inputs.expected_model_digest}",
@@ -712,12 +715,16 @@ def _model_condition(inputs: HealthInputs, heartbeats: list[HeartbeatRecord]) ->
 def _image_condition(inputs: HealthInputs) -> Condition:
     if not inputs.drift:
         return condition(
-            IMAGE_CONSISTENT, True, "ImagesMatchPolicy", "every child matches the policy", inputs.generation
+            ConditionType.IMAGE_CONSISTENT,
+            True,
+            "ImagesMatchPolicy",
+            "every child matches the policy",
+            inputs.generation,
         )
     message = f"{summarize(inputs.drift)}: " + "; ".join(f.message for f in inputs.drift[:3])
     if len(inputs.drift) > 3:
         message += f" (+{len(inputs.drift) - 3} more)"
-    return condition(IMAGE_CONSISTENT, False, "DriftDetected", message, inputs.generation)
+    return condition(ConditionType.IMAGE_CONSISTENT, False, "DriftDetected", message, inputs.generation)
 
 
 def _sort_key(finding: HealthFinding) -> tuple[int, int, str, str]:
@@ -737,8 +744,8 @@ def assess(observed: HealthInputs) -> HealthReport:
     if not wiring_condition.is_true:
         work.add(Reason.WIRING_INVALID, "", wiring_condition.message)
 
-    control = _resolve_control(observed)
-    kill_switch_condition, rollout_condition = _assess_control(work, control)
+    control, rolling = _resolve_control(observed)
+    kill_switch_condition, rollout_condition = _assess_control(work, control, rolling)
 
     enabled_set = set(enabled)
     deployments = {kv.component(d): d for d in observed.deployments if kv.component(d) in enabled_set}
@@ -817,7 +824,7 @@ def assess(observed: HealthInputs) -> HealthReport:
             message += f" (+{len(findings) - shown} more)"
     else:
         health, reason, message = Health.HEALTHY, Reason.ALL_HEALTHY.value, "all components healthy"
-    ready_condition = condition(READY, health is Health.HEALTHY, reason, message, generation)
+    ready_condition = condition(ConditionType.READY, health is Health.HEALTHY, reason, message, generation)
     conditions = [
         ready_condition,
         _image_condition(observed),

@@ -29,6 +29,7 @@ from quantum_trader_operator.rollout import RolloutState
 REDIS_URL_OVERRIDE_ENV = "QT_OPERATOR_REDIS_URL_OVERRIDE"
 """Every policy's Redis at this URL instead of its own (tests, or an operator running outside the cluster)."""
 
+
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
     url: str

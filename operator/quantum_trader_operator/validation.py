@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from quantum_trader.contracts.policy import Mode, PolicyError, PolicySpec, parse_policy
@@ -46,8 +47,18 @@ def _spec_problem(text: str) -> str:
     return f"spec: {message}" if location == "<root>" else f"spec.{location}: {message}"
 
 
-def validate_policy(cr: Mapping[str, Any]) -> list[str]:
-    """Every reason the TradingPolicy is Invalid, one line each; [] when it can be rendered and run.
+@dataclass(frozen=True)
+class PolicyCheck:
+    """A TradingPolicy parsed and judged once: a reconcile passes this on instead of parsing the spec again."""
+
+    spec: PolicySpec | None
+    """None when the spec does not even parse"""
+    problems: list[str]
+    """every reason the policy is Invalid, one line each; [] when it can be rendered and run"""
+
+
+def check_policy(cr: Mapping[str, Any]) -> PolicyCheck:
+    """The TradingPolicy's spec, parsed once, and every reason it is Invalid.
 
     The CRD's schema and CEL rules refuse most of these at admission; this is the same judgement for
     objects admitted before a rule existed, or through a path that skips validation.
@@ -59,7 +70,7 @@ def validate_policy(cr: Mapping[str, Any]) -> list[str]:
     try:
         spec = parse_policy(cr.get("spec") or {})
     except PolicyError as error:
-        return problems + [_spec_problem(part) for part in str(error).split("; ")]
+        return PolicyCheck(None, problems + [_spec_problem(part) for part in str(error).split("; ")])
     if spec.image is None:
         problems.append("spec.image is required: <repository>@sha256:<64 hex>")
     if policy and namespace:
@@ -94,12 +105,17 @@ def validate_policy(cr: Mapping[str, Any]) -> list[str]:
         unknown = sorted(set(settings.resources or {}) - RESOURCE_SECTIONS)
         if unknown:
             problems.append(f"spec.components.{name}.resources: only requests and limits, not {', '.join(unknown)}")
-    return problems
+    return PolicyCheck(spec, problems)
+
+
+def validate_policy(cr: Mapping[str, Any]) -> list[str]:
+    """Every reason the TradingPolicy is Invalid, one line each; [] when it can be rendered and run."""
+    return check_policy(cr).problems
 
 
 def checked_spec(policy_cr: Mapping[str, Any]) -> PolicySpec:
-    """The PolicySpec of a policy :func:`validate_policy` finds nothing wrong with; else InvalidPolicy."""
-    problems = validate_policy(policy_cr)
-    if problems:
-        raise InvalidPolicy(problems)
-    return parse_policy(policy_cr.get("spec") or {})
+    """The PolicySpec of a policy :func:`check_policy` finds nothing wrong with; else InvalidPolicy."""
+    check = check_policy(policy_cr)
+    if check.problems or check.spec is None:
+        raise InvalidPolicy(check.problems)
+    return check.spec

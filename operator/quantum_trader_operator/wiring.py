@@ -12,8 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from quantum_trader.contracts.registry import COMPONENTS, WiringReport, check_wiring
 from quantum_trader_operator.conditions import Condition, condition
-
-WIRING_VALID = "WiringValid"
+from quantum_trader_operator.models import ConditionType
 
 REASON_STREAMS_WIRED = "StreamsWired"
 REASON_UNPRODUCED_STREAMS = "UnproducedStreams"
@@ -26,7 +25,7 @@ def condition_for_report(report: WiringReport, observed_generation: int | None =
     and it is usually the reason another stream has no producer."""
     if report.unknown_components:
         return condition(
-            WIRING_VALID,
+            ConditionType.WIRING_VALID,
             False,
             REASON_UNKNOWN_COMPONENTS,
             report.describe(),
@@ -35,14 +34,14 @@ def condition_for_report(report: WiringReport, observed_generation: int | None =
     if report.unproduced:
         streams = ", ".join(report.unproduced)
         return condition(
-            WIRING_VALID,
+            ConditionType.WIRING_VALID,
             False,
             REASON_UNPRODUCED_STREAMS,
             f"no enabled component produces {streams}: {report.describe()}",
             observed_generation,
         )
     # Produced-but-unconsumed streams are allowed (a disabled consumer): say so, but do not stop the rollout.
-    return condition(WIRING_VALID, True, REASON_STREAMS_WIRED, report.describe(), observed_generation)
+    return condition(ConditionType.WIRING_VALID, True, REASON_STREAMS_WIRED, report.describe(), observed_generation)
 
 
 def wiring_condition(enabled_components: Iterable[str], observed_generation: int | None = None) -> Condition:

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from quantum_trader.contracts.heartbeat import HeartbeatRecord
-from quantum_trader_operator import decide, decide_switches
+from quantum_trader.contracts.policy import PolicySpec
+from quantum_trader_operator import decide, decide_switches, validation
 from quantum_trader_operator import naming as n
 from quantum_trader_operator.desired import EXECUTORS, OperatorSettings, rollout_order
 from quantum_trader_operator.observation import (
@@ -42,7 +43,10 @@ def body(**spec: Any) -> dict[str, Any]:
 
 
 def rendered(**spec: Any) -> decide.RenderedPolicy:
-    return decide.render(body(**spec), OperatorSettings(redis_storage=None))
+    policy = body(**spec)
+    check = validation.check_policy(policy)
+    assert check.spec is not None and check.problems == [], check.problems
+    return decide.render(policy, check.spec, OperatorSettings(redis_storage=None))
 
 
 def applied(policy: decide.RenderedPolicy) -> Children:
@@ -271,12 +275,38 @@ def test_a_child_no_longer_rendered_is_deleted_and_is_not_drift() -> None:
 
 
 def test_an_invalid_spec_is_announced_once_and_touches_nothing() -> None:
-    problems = ["spec.image is required"]
-    first = decide.invalid_policy(body(), problems, decide.PolicyMemory(), announce=True, now_ms=T0)
+    policy = body(image=None)
+    check = validation.check_policy(policy)
+    assert check.problems == ["spec.image is required: <repository>@sha256:<64 hex>"]
+    first = decide.invalid_policy(policy, check, decide.PolicyMemory(), announce=True, now_ms=T0)
     assert [e.reason for e in first.events] == ["InvalidSpec"]
     assert first.status is not None and first.status["health"] == "Invalid"
-    again = decide.invalid_policy(body(), problems, first.memory, announce=True, now_ms=T0)
+    assert [c["type"] for c in first.status["conditions"]] == ["Ready", "WiringValid"]
+    again = decide.invalid_policy(policy, check, first.memory, announce=True, now_ms=T0)
     assert again.events == [] and again.apply == []
+
+
+def test_a_spec_that_does_not_parse_is_invalid_without_a_wiring_verdict() -> None:
+    check = validation.check_policy(body(mode="sideways"))
+    assert check.spec is None and check.problems
+    plan = decide.invalid_policy(body(), check, decide.PolicyMemory(), announce=False, now_ms=T0)
+    assert plan.status is not None and [c["type"] for c in plan.status["conditions"]] == ["Ready"]
+
+
+def test_a_check_parses_and_validates_the_spec_once(monkeypatch) -> None:
+    """Validation, rendering (manifests, ConfigMap data, hash) and the plan share one parsed spec: the pydantic
+    validation of a policy is the costliest step of a check, and the timers run it for every policy."""
+    parses: list[str] = []
+    original = PolicySpec.model_validate_json.__func__
+
+    def counted(cls, *args: Any, **kwargs: Any) -> PolicySpec:
+        parses.append("spec")
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PolicySpec, "model_validate_json", classmethod(counted))
+    policy = rendered()
+    decide.policy(policy, observe(applied(policy), policy=policy), decide.PolicyMemory(), TIMINGS, apply=True)
+    assert parses == ["spec"]
 
 
 # ------------------------------------------------------------------ KillSwitch and ExitRollout
