@@ -11,9 +11,10 @@ import pytest
 
 from quantum_trader.contracts.messages import OrderType, PositionSide
 from quantum_trader.contracts.policy import SimulatorSpec
-from quantum_trader.exchange.client import _URL_ATTRIBUTES, ExchangeClient
+from quantum_trader.exchange.client import _URL_ATTRIBUTES, ExchangeClient, MarketOrder
 from quantum_trader.exchange.errors import ConditionalOrderRefused, ExchangeError
 from quantum_trader.exchange.filters import qty_for_notional
+from quantum_trader.exchange.models import OrderResult
 from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.exchange.simulator.order_log import read_order_log
 from quantum_trader.exchange.simulator.server import RunningSimulator, run_simulator_in_thread
@@ -308,6 +309,23 @@ def test_a_kept_connection_the_server_closed_is_opened_again(order_log: Path) ->
             second.stop()
     finally:
         client.close()
+
+
+def test_a_batch_answers_each_order_or_its_own_refusal(sim: RunningSimulator, client: ExchangeClient) -> None:
+    orders = [
+        MarketOrder("BTCUSDT", "BUY", "0.01", client_order_id("plan-b1")),
+        MarketOrder("ETHUSDT", "SELL", "0.1", client_order_id("plan-b2"), reduce_only=True),
+        MarketOrder("ETHUSDT", "BUY", "0.1", client_order_id("plan-b3")),
+    ]
+    filled, refused, second = client.market_orders(orders)
+    assert isinstance(filled, OrderResult) and filled.status == "FILLED" and filled.executed_qty == pytest.approx(0.01)
+    assert isinstance(refused, ExchangeError)
+    assert (refused.code, refused.retryable, refused.unknown_outcome) == (-2022, False, False)
+    assert isinstance(second, OrderResult) and second.client_order_id == client_order_id("plan-b3")
+    assert client.get_order("ETHUSDT", client_order_id("plan-b2")) is None
+    assert client.requests_sent == 2
+    with pytest.raises(ValueError, match="1 to 5"):
+        client.market_orders(orders * 2)
 
 
 def test_orders_and_lookups_count_as_requests(client: ExchangeClient) -> None:

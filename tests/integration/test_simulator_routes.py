@@ -195,3 +195,40 @@ def test_python_binance_places_and_looks_up_an_order_with_real_signatures(sim, b
         ("lib-1", "accepted", None),
         ("lib-1", "rejected", -4116),
     ]
+
+
+def test_batch_orders_through_python_binance_answer_each_order_or_its_error(sim, binance):
+    answers = binance.futures_place_batch_order(
+        batchOrders=[
+            {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": "b-1"},
+            {
+                "symbol": "ETHUSDT",
+                "side": "SELL",
+                "type": "MARKET",
+                "quantity": "0.1",
+                "newClientOrderId": "b-2",
+                "reduceOnly": "true",
+            },
+            {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.1", "newClientOrderId": "b-3"},
+        ]
+    )
+    assert [a.get("clientOrderId") for a in answers] == ["b-1", None, "b-3"]
+    assert answers[1] == {"code": -2022, "msg": "ReduceOnly Order is rejected."}, "nothing to reduce: that order alone"
+    assert binance.futures_get_order(symbol="ETHUSDT", origClientOrderId="b-3")["status"] == "FILLED"
+    assert [(e["clientOrderId"], e["outcome"], e["path"]) for e in sim.orders()] == [
+        ("b-1", "accepted", "/fapi/v1/batchOrders"),
+        ("b-2", "rejected", "/fapi/v1/batchOrders"),
+        ("b-3", "accepted", "/fapi/v1/batchOrders"),
+    ]
+
+
+def test_a_batch_of_more_than_five_orders_is_refused_whole(sim, binance):
+    orders = [
+        {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": f"x-{i}"}
+        for i in range(6)
+    ]
+    with pytest.raises(BinanceAPIException) as refused:
+        binance.futures_place_batch_order(batchOrders=orders)
+    assert refused.value.code == -1130
+    assert {e["outcome"] for e in sim.orders()} == {"rejected"} and len(sim.orders()) == 6
+    assert sim.state()["orders"] == 0

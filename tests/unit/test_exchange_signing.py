@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantum_trader.exchange.errors import UNKNOWN, ExchangeError
-from quantum_trader.exchange.signing import form_body, query_string, signature, signed_pairs
+from quantum_trader.exchange.signing import batch_orders_body, form_body, query_string, signature, signed_pairs
 from quantum_trader.exchange.transport import decode_answer
 
 KEY, SECRET = "test-key", "test-secret-ZZ9"
@@ -126,3 +126,28 @@ def test_answers_map_as_python_binances_exceptions_do() -> None:
     garbled = error_of(200, "not json")
     assert (garbled.code, garbled.retryable, garbled.unknown_outcome) == (UNKNOWN, True, True)
     assert garbled.message == "unreadable answer: Invalid Response: not json"
+
+
+def test_a_batch_body_is_python_binances(library: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: dict = {}
+
+    def capture(url: str, **kwargs: object) -> object:
+        sent.update(kwargs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr("binance.base_client.time.time", lambda: STAMP / 1000)
+    monkeypatch.setattr(library.session, "post", capture)
+    orders = [
+        {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": "qt-p:a/1"},
+        {
+            "symbol": "ETHUSDT",
+            "side": "SELL",
+            "type": "MARKET",
+            "quantity": "0.2",
+            "newClientOrderId": "qt-p:b",
+            "reduceOnly": "true",
+        },
+    ]
+    with pytest.raises(RuntimeError, match="captured"):
+        library.futures_place_batch_order(batchOrders=[dict(o) for o in orders])
+    assert batch_orders_body(orders, SECRET, STAMP, 5000) == sent["data"]

@@ -24,10 +24,10 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 from binance.client import Client
@@ -76,6 +76,20 @@ _URL_ATTRIBUTES = {
     "OPTIONS_TESTNET_URL": "/eapi",
     "PAPI_URL": "/papi",
 }
+
+
+MAX_BATCH_ORDERS = 5
+"""Binance's limit of orders per POST /fapi/v1/batchOrders"""
+
+
+class MarketOrder(NamedTuple):
+    """One order of a batch: what :meth:`ExchangeClient.market_order` takes."""
+
+    symbol: str
+    side: Side | str
+    qty: Decimal | float | str
+    client_order_id: str
+    reduce_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +202,29 @@ class ExchangeClient:
             raise ConditionalOrderRefused(kind)
         return self.market_order(symbol, side, qty, client_order_id, reduce_only)
 
+    @staticmethod
+    def _market_params(
+        symbol: str, side: Side | str, qty: Decimal | float | str, client_order_id: str, reduce_only: bool = False
+    ) -> dict[str, str]:
+        """A MARKET order's parameters, checked before any request."""
+        order_side = Side(side)
+        if not is_valid_client_order_id(client_order_id):
+            raise ValueError(f"client order id {client_order_id!r} is not 1-36 of [.A-Za-z0-9:/_-]")
+        amount = to_decimal(qty)
+        if amount <= 0:
+            raise ValueError(f"order quantity must be positive, got {qty!r}")
+        params = {
+            "symbol": symbol,
+            "side": order_side.value,
+            "type": OrderType.MARKET.value,
+            "quantity": plain(amount),
+            "newClientOrderId": client_order_id,
+            "newOrderRespType": "RESULT",
+        }
+        if reduce_only:
+            params["reduceOnly"] = "true"
+        return params
+
     def market_order(
         self,
         symbol: str,
@@ -200,25 +237,35 @@ class ExchangeClient:
 
         ``qty`` must already be on the symbol's step (see :func:`filters.round_qty_down`).
         """
-        order_side = Side(side)
-        if not is_valid_client_order_id(client_order_id):
-            raise ValueError(f"client order id {client_order_id!r} is not 1-36 of [.A-Za-z0-9:/_-]")
-        amount = to_decimal(qty)
-        if amount <= 0:
-            raise ValueError(f"order quantity must be positive, got {qty!r}")
-        params: dict[str, Any] = {
-            "symbol": symbol,
-            "side": order_side.value,
-            "type": OrderType.MARKET.value,
-            "quantity": plain(amount),
-            "newClientOrderId": client_order_id,
-            "newOrderRespType": "RESULT",
-        }
-        if reduce_only:
-            params["reduceOnly"] = "true"
+        params = self._market_params(symbol, side, qty, client_order_id, reduce_only)
         if self._orders is not None:
             return OrderResult.from_binance(self._orders.call("POST", "/v1/order", params))
         return OrderResult.from_binance(self._call(self._client.futures_create_order, **params))
+
+    def market_orders(self, orders: Sequence[MarketOrder]) -> list[OrderResult | ExchangeError]:
+        """Up to ``MAX_BATCH_ORDERS`` MARKET orders in one request (``POST /fapi/v1/batchOrders``).
+
+        Each order gets its own answer, in order: its fill, or the exchange's refusal of that order
+        alone (an :class:`ExchangeError`; a refusal is never retryable unless its code is a transient
+        one). A failure of the request as a whole raises, as for one order: with ``unknown_outcome``
+        every order of the batch must be looked up before any is sent again.
+        """
+        if not 1 <= len(orders) <= MAX_BATCH_ORDERS:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH_ORDERS} orders, got {len(orders)}")
+        entries = [self._market_params(*order) for order in orders]
+        if self._orders is not None:
+            raw = self._orders.batch_orders(entries)
+        else:
+            raw = self._call(self._client.futures_place_batch_order, batchOrders=entries)
+        if not isinstance(raw, list) or len(raw) != len(entries):
+            raise unreadable_error(f"Invalid Response: batchOrders answered {str(raw)[:120]}")
+        results: list[OrderResult | ExchangeError] = []
+        for answer in raw:
+            if isinstance(answer, dict) and "code" in answer and "orderId" not in answer:
+                results.append(answer_error(400, int(answer.get("code") or 0), str(answer.get("msg") or "")))
+            else:
+                results.append(OrderResult.from_binance(answer))
+        return results
 
     def get_order(self, symbol: str, client_order_id: str) -> OrderResult | None:
         """The order with ``client_order_id``, or None when the exchange has none (-2013)."""

@@ -14,7 +14,10 @@ python-binance's rule (``BaseClient._order_params``, ``_generate_signature``):
   is percent-quoted; the signature is the hex HMAC-SHA256 of that payload under the API secret,
   appended last;
 - a GET sends the same text as its query string; a POST sends the pairs form-encoded as its body
-  (what requests does with a list of pairs), so its values are ``quote_plus``-encoded on the wire.
+  (what requests does with a list of pairs), so its values are ``quote_plus``-encoded on the wire;
+- ``batchOrders`` (``futures_place_batch_order``) is the exception: the list is encoded first (its
+  Python ``str`` with double quotes, ``quote_plus``-encoded), signed in that form, and the body is
+  the signed text as is.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 Pairs = list[tuple[str, str]]
 
@@ -56,3 +59,15 @@ def query_string(pairs: Sequence[tuple[str, str]]) -> str:
 def form_body(pairs: Sequence[tuple[str, str]]) -> str:
     """A POST's body for ``pairs``: form-encoded, as requests encodes a list of pairs."""
     return urlencode(list(pairs), doseq=True)
+
+
+def batch_orders_value(orders: Sequence[Mapping[str, str]]) -> str:
+    """The ``batchOrders`` parameter as python-binance encodes it before signing (string values only)."""
+    return quote_plus(str([dict(order) for order in orders])).replace("%27", "%22")
+
+
+def batch_orders_body(
+    orders: Sequence[Mapping[str, str]], secret: str, timestamp_ms: int, recv_window: int | None
+) -> str:
+    """The body of ``POST /fapi/v1/batchOrders`` for ``orders``, byte for byte python-binance's."""
+    return _payload(signed_pairs({"batchOrders": batch_orders_value(orders)}, secret, timestamp_ms, recv_window))

@@ -26,12 +26,12 @@ import select
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from quantum_trader.exchange.errors import answer_error, disconnected_error, timeout_error, unreadable_error
-from quantum_trader.exchange.signing import form_body, query_string, signed_pairs
+from quantum_trader.exchange.signing import batch_orders_body, form_body, query_string, signed_pairs
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/56.0.2924.87 Safari/537.36"
 """python-binance's session header, so the exchange sees the same client either way"""
@@ -98,16 +98,23 @@ class SignedTransport:
 
         Raises :class:`~quantum_trader.exchange.errors.ExchangeError` as described in the module doc.
         """
-        pairs = signed_pairs(params, self._secret, int(time.time() * 1000 + self._offset_ms()), self._recv_window)
-        headers = dict(self._headers)
+        pairs = signed_pairs(params, self._secret, self._timestamp(), self._recv_window)
         if method == "POST":
-            body: str | None = form_body(pairs)
-            url = self._prefix + path
-            headers["Content-Type"] = FORM
-        else:
-            body = None
-            url = f"{self._prefix}{path}?{query_string(pairs)}"
-            headers["Content-Type"] = "application/json"  # python-binance's session default
+            return self._send("POST", self._prefix + path, form_body(pairs))
+        return self._send(method, f"{self._prefix}{path}?{query_string(pairs)}", None)
+
+    def batch_orders(self, orders: Sequence[Mapping[str, str]]) -> Any:
+        """``POST /v1/batchOrders`` with ``orders`` (string values), signed as python-binance signs it."""
+        body = batch_orders_body(orders, self._secret, self._timestamp(), self._recv_window)
+        return self._send("POST", self._prefix + "/v1/batchOrders", body)
+
+    def _timestamp(self) -> int:
+        return int(time.time() * 1000 + self._offset_ms())
+
+    def _send(self, method: str, url: str, body: str | None) -> Any:
+        headers = dict(self._headers)
+        # python-binance's: a form for POST, its session's default for the others
+        headers["Content-Type"] = FORM if method == "POST" else "application/json"
         with self._count_lock:
             self.requests += 1
         connection = self._connection()

@@ -9,10 +9,20 @@ Fields: ``seq`` (1, 2, ...), ``time`` (server wall ms), ``method``, ``path``, ``
 (``accepted`` | ``rejected`` | ``fault``), ``fault`` (null | ``error`` | ``rate_limit`` |
 ``timeout``: accepted, answer withheld), ``status`` (HTTP), ``code`` and ``msg`` (Binance error,
 null when accepted), ``orderId``, ``executedQty``, ``avgPrice`` (accepted orders).
+
+Writing policy. The file gets the entries in batches: :meth:`OrderLog.record` keeps an entry in memory
+(where ``GET /sim/orders`` reads it at once), and the server awaits :meth:`OrderLog.written` before it
+answers, which writes every entry recorded in the same event-loop iteration with one ``write`` and
+one ``flush`` (so concurrent orders share them) — an order's answer never goes out before its line is
+in the file, as with a flush per line. The file is never fsynced: what it proves (what the simulator
+saw during a run) must survive the simulator process being killed, which the OS page cache does;
+it need not survive the machine, and an fsync per batch would put a disk wait in every order's
+answer. :meth:`flush` (and :meth:`close`) write whatever is still held, for callers outside an event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,6 +34,9 @@ class OrderLog:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self._entries: list[dict[str, Any]] = []
+        self._unwritten: list[str] = []
+        self._batch: asyncio.Future[None] | None = None
+        """resolved once the batch of the current event-loop iteration is in the file"""
         self._file: TextIO | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +56,7 @@ class OrderLog:
         fault: str | None = None,
         order: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Append one entry (and flush it to the file) and return it."""
+        """Append one entry and return it; it reaches the file with its batch (:meth:`written`)."""
         picked = {k: params.get(k) for k in _LOGGED_PARAMS}
         entry: dict[str, Any] = {
             "seq": len(self._entries) + 1,
@@ -67,9 +80,32 @@ class OrderLog:
         }
         self._entries.append(entry)
         if self._file is not None:
-            self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
-            self._file.flush()
+            self._unwritten.append(json.dumps(entry, separators=(",", ":")) + "\n")
         return entry
+
+    async def written(self) -> None:
+        """Wait until every entry recorded so far is in the file: one write for the whole event-loop
+        iteration's entries, at its end."""
+        if not self._unwritten:
+            return
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = loop.create_future()
+            loop.call_soon(self._write_batch)
+        await asyncio.shield(self._batch)  # a cancelled waiter must not cancel the others' batch
+
+    def _write_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        self.flush()
+        if batch is not None and not batch.done():
+            batch.set_result(None)
+
+    def flush(self) -> None:
+        """Write (and flush to the OS) every entry not in the file yet."""
+        if self._file is not None and self._unwritten:
+            self._file.write("".join(self._unwritten))
+            self._file.flush()
+        self._unwritten.clear()
 
     def entries(self, client_order_id: str | None = None) -> list[dict[str, Any]]:
         if client_order_id is None:
@@ -78,6 +114,7 @@ class OrderLog:
 
     def close(self) -> None:
         if self._file is not None:
+            self.flush()
             self._file.close()
             self._file = None
 

@@ -6,8 +6,8 @@ the aiohttp event loop (handlers, ``on_tick``), so it needs no locks.
 
 Paths (what python-binance 1.0.37 calls):
 - public: GET /fapi/v1/ping, /fapi/v1/time, /fapi/v1/exchangeInfo, /api/v3/ping, /api/v3/time
-- SIGNED: POST/GET /fapi/v1/order, GET /fapi/v3/positionRisk (and v2), GET /fapi/v2/account
-  (and v3), POST /fapi/v1/leverage, GET /fapi/v1/symbolConfig, GET /fapi/v1/userTrades,
+- SIGNED: POST/GET /fapi/v1/order, POST /fapi/v1/batchOrders (up to 5 orders), GET /fapi/v3/positionRisk
+  (and v2), GET /fapi/v2/account (and v3), POST /fapi/v1/leverage, GET /fapi/v1/symbolConfig, GET /fapi/v1/userTrades,
   GET /fapi/v1/commissionRate, GET /fapi/v1/leverageBracket;
   POST /fapi/v1/algoOrder (where python-binance sends conditional orders) is logged and
   refused — it must never be reached.
@@ -70,6 +70,8 @@ NOT_WITH_MARKET = ("price", "timeInForce", "stopPrice", "activationPrice", "call
 MAX_NOTIONAL_VALUE = 1_000_000
 """the largest position notional at any leverage: the one leverage bracket's cap"""
 UNKNOWN_ERROR = HttpRejection(500, -1000, "An unknown error occurred while processing the request.")
+MAX_BATCH_ORDERS = 5
+"""Binance's limit of orders per POST /fapi/v1/batchOrders"""
 
 
 def invalid_path(method: str, path: str) -> HttpRejection:
@@ -79,6 +81,31 @@ def invalid_path(method: str, path: str) -> HttpRejection:
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _batch_entries(raw: str | None) -> list[dict[str, str]] | None:
+    """The orders of a ``batchOrders`` parameter (a JSON list of objects), values as the strings a form
+    carries (``true``/``false`` for booleans); None when it is absent or not such a list."""
+    if raw is None:
+        return None
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(decoded, list) or not all(isinstance(order, dict) for order in decoded):
+        return None
+    orders = []
+    for order in decoded:
+        entry = {}
+        for name, value in order.items():
+            if isinstance(value, bool):
+                entry[str(name)] = "true" if value else "false"
+            elif isinstance(value, str | int | float):
+                entry[str(name)] = str(value)
+            else:
+                return None
+        orders.append(entry)
+    return orders
 
 
 def _error(status: int, code: int, message: str) -> web.Response:
@@ -144,6 +171,7 @@ class SimulatorApp:
         add("GET", "/fapi/v1/exchangeInfo", self._exchange_info)
         add("POST", "/fapi/v1/order", self._new_order)
         add("POST", "/fapi/v1/algoOrder", self._new_order)
+        add("POST", "/fapi/v1/batchOrders", self._batch_orders)
         add("GET", "/fapi/v1/order", self._signed(self._query_order, order=True))
         add("GET", "/fapi/v2/positionRisk", self._signed(self._position_risk_v2))
         add("GET", "/fapi/v3/positionRisk", self._signed(self._position_risk_v3))
@@ -235,10 +263,12 @@ class SimulatorApp:
     async def _new_order(self, request: web.Request) -> web.StreamResponse:
         """Place an order: log every request, inject faults, verify, fill, maybe withhold."""
         raw_query, raw_body = await _raw(request)
+        parsed: dict[str, str] | None
         try:
-            params = parse_params(raw_query, raw_body)
+            parsed = parse_params(raw_query, raw_body)  # once: verify_signed reuses it
         except HttpRejection:
-            params = {}
+            parsed = None  # verify_signed reads them again and refuses them in Binance's order of checks
+        params = parsed or {}
         now = self._clock()
 
         def record(**fields: Any) -> None:
@@ -248,33 +278,128 @@ class SimulatorApp:
         if fault is not None:
             kind, error = fault
             record(outcome="fault", fault=kind, status=error.status, code=error.code, msg=error.message)
+            await self.order_log.written()
             return _rejection_response(error)
         try:
-            verified = verify_signed(raw_query, raw_body, request.headers.get("X-MBX-APIKEY"), self._credentials, now)
+            verified = verify_signed(
+                raw_query, raw_body, request.headers.get("X-MBX-APIKEY"), self._credentials, now, parsed
+            )
             if request.path.endswith("/algoOrder"):
                 raise SimRejection(-1116, "Invalid orderType.")
             order = self._place(verified)
         except SimRejection as error:
             status = error.status if isinstance(error, HttpRejection) else 400
             record(outcome="rejected", status=status, code=error.code, msg=error.message)
+            await self.order_log.written()
             return _rejection_response(error)
         body = order.to_binance()
         withhold = self.faults.withhold_answer()
         record(outcome="accepted", fault="timeout" if withhold else None, status=200, order=body)
+        await self.order_log.written()
         if withhold:
             log.info(
                 "withholding the answer to order %s for %ss",
                 order.client_order_id,
                 self.faults.spec.timeout_seconds,
             )
-            task = asyncio.current_task()
-            assert task is not None
-            self._withholding.add(task)
-            try:
-                await asyncio.sleep(self.faults.spec.timeout_seconds)
-            finally:
-                self._withholding.discard(task)
+            await self._withhold()
         return web.json_response(body)
+
+    async def _batch_orders(self, request: web.Request) -> web.StreamResponse:
+        """POST /fapi/v1/batchOrders: up to ``MAX_BATCH_ORDERS`` orders in one signed request.
+
+        As Binance: ``batchOrders`` is a JSON list of order objects (the parameters of
+        ``POST /fapi/v1/order``, values as strings); the request is signed once; the answer lists, in
+        the same order, each placed order or that order's own ``{"code", "msg"}`` — one order's
+        refusal does not refuse the others. A request refused as a whole (signature, timestamp, a
+        malformed or too long list, an injected fault) answers one error, and logs every order it
+        carried with that outcome. Each order is one entry of the order log.
+        """
+        raw_query, raw_body = await _raw(request)
+        parsed: dict[str, str] | None
+        try:
+            parsed = parse_params(raw_query, raw_body)
+        except HttpRejection:
+            parsed = None
+        now = self._clock()
+        carried = _batch_entries((parsed or {}).get("batchOrders"))
+
+        def record_all(orders: Sequence[Mapping[str, str]], **fields: Any) -> None:
+            for order in orders or ({},):
+                self.order_log.record(time=now, method="POST", path=request.path, params=dict(order), **fields)
+
+        fault = self._injected_fault(order=True)
+        if fault is not None:
+            kind, error = fault
+            record_all(
+                carried or [], outcome="fault", fault=kind, status=error.status, code=error.code, msg=error.message
+            )
+            await self.order_log.written()
+            return _rejection_response(error)
+        try:
+            verified = verify_signed(
+                raw_query, raw_body, request.headers.get("X-MBX-APIKEY"), self._credentials, now, parsed
+            )
+            orders = _batch_entries(verified.get("batchOrders"))
+            if orders is None:
+                if "batchOrders" not in verified:
+                    raise mandatory("batchOrders")
+                raise HttpRejection(400, -1130, "Data sent for parameter 'batchOrders' is not valid.")
+            if not 1 <= len(orders) <= MAX_BATCH_ORDERS:
+                raise HttpRejection(
+                    400, -1130, f"Data sent for parameter 'batchOrders' is not valid (1 to {MAX_BATCH_ORDERS} orders)."
+                )
+        except SimRejection as error:
+            status = error.status if isinstance(error, HttpRejection) else 400
+            record_all(carried or [], outcome="rejected", status=status, code=error.code, msg=error.message)
+            await self.order_log.written()
+            return _rejection_response(error)
+        answers: list[dict[str, Any]] = []
+        placed: list[tuple[Mapping[str, str], dict[str, Any]]] = []
+        for order_params in orders:
+            try:
+                body = self._place(dict(order_params)).to_binance()
+            except SimRejection as error:
+                status = error.status if isinstance(error, HttpRejection) else 400
+                self.order_log.record(
+                    time=now,
+                    method="POST",
+                    path=request.path,
+                    params=dict(order_params),
+                    outcome="rejected",
+                    status=status,
+                    code=error.code,
+                    msg=error.message,
+                )
+                answers.append({"code": error.code, "msg": error.message})
+                continue
+            placed.append((order_params, body))
+            answers.append(body)
+            self.order_log.record(
+                time=now,
+                method="POST",
+                path=request.path,
+                params=dict(order_params),
+                outcome="accepted",
+                status=200,
+                order=body,
+            )
+        await self.order_log.written()
+        if placed and self.faults.withhold_answer():
+            log.info(
+                "withholding the answer to a batch of %d orders for %ss", len(orders), self.faults.spec.timeout_seconds
+            )
+            await self._withhold()
+        return web.json_response(answers)
+
+    async def _withhold(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._withholding.add(task)
+        try:
+            await asyncio.sleep(self.faults.spec.timeout_seconds)
+        finally:
+            self._withholding.discard(task)
 
     def _place(self, params: dict[str, str]) -> SimOrder:
         symbol = params.get("symbol") or ""
