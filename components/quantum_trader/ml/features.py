@@ -174,9 +174,9 @@ class FeatureState:
             self._log_return(1),
             self._log_return(5),
             self._log_return(WINDOW),
-            _stdev(self._returns),
-            self._rsi(),
-            self._volume_z(),
+            sample_stdev(self._returns),
+            rsi(self._gain.value, self._loss.value),
+            volume_z(list(self._volumes)),
             (high - low) / close,
         )
         return FeatureVector(
@@ -191,22 +191,6 @@ class FeatureState:
 
     def _log_return(self, bars: int) -> float:
         return math.log(self._closes[-1] / self._closes[-1 - bars])
-
-    def _rsi(self) -> float:
-        gain, loss = self._gain.value, self._loss.value
-        assert gain is not None and loss is not None
-        if loss == 0.0:
-            return 100.0 if gain > 0.0 else 50.0
-        return 100.0 - 100.0 / (1.0 + gain / loss)
-
-    def _volume_z(self) -> float:
-        """The bar's volume against the previous 20; 0 when they are all equal (e.g. all unknown, 0)."""
-        volumes = list(self._volumes)
-        history, current = volumes[:-1], volumes[-1]
-        spread = _stdev(history)
-        if spread == 0.0:
-            return 0.0
-        return (current - math.fsum(history) / len(history)) / spread
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe state; ``from_dict`` of it continues exactly where this one stands."""
@@ -258,13 +242,30 @@ def compute_features(ticks: Iterable[Tick], spec: StrategySpec) -> Iterator[Feat
             yield vector
 
 
-def _stdev(values: Iterable[float]) -> float:
+def sample_stdev(values: Iterable[float]) -> float:
     """Sample standard deviation (n - 1), exactly summed so the result does not depend on rounding order."""
     data = list(values)
     if len(data) < 2:
         return 0.0
     mean = math.fsum(data) / len(data)
     return math.sqrt(math.fsum((x - mean) ** 2 for x in data) / (len(data) - 1))
+
+
+def rsi(gain: float | None, loss: float | None) -> float:
+    """The RSI of Wilder-smoothed gains and losses (both exist once the RSI window is full)."""
+    assert gain is not None and loss is not None
+    if loss == 0.0:
+        return 100.0 if gain > 0.0 else 50.0
+    return 100.0 - 100.0 / (1.0 + gain / loss)
+
+
+def volume_z(volumes: list[float]) -> float:
+    """The last volume against the ones before it; 0 when those are all equal (e.g. all unknown, 0)."""
+    history, current = volumes[:-1], volumes[-1]
+    spread = sample_stdev(history)
+    if spread == 0.0:
+        return 0.0
+    return (current - math.fsum(history) / len(history)) / spread
 
 
 def _opt_float(value: Any) -> float | None:

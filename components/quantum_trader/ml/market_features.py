@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from quantum_trader.contracts.messages import FeatureVector, Tick
-from quantum_trader.ml.features import ema, feature_hash, wilder
+from quantum_trader.ml.features import ema, feature_hash, rsi, sample_stdev, volume_z, wilder
 
 FEATURE_SET = "market-v1"
 RETURN_HORIZONS: tuple[int, ...] = (1, 3, 6, 12, 24)
@@ -143,14 +143,14 @@ class MarketFeatureState:
         tod_sin, tod_cos = time_of_day(event_time)
         return (
             *(math.log(close / closes[-1 - h]) for h in RETURN_HORIZONS),
-            _sample_stdev(list(self._returns)),
-            _rsi(self._gain.value, self._loss.value),
+            sample_stdev(self._returns),
+            rsi(self._gain.value, self._loss.value),
             macd / close,
             signal / close,
             (macd - signal) / close,
             atr / close,
             bb_pct_b,
-            _volume_z(list(self._volumes)),
+            volume_z(list(self._volumes)),
             (high - low) / close,
             tod_sin,
             tod_cos,
@@ -191,27 +191,6 @@ class MarketFeatureState:
         state._returns.extend(float(x) for x in data["returns"])
         state._volumes.extend(float(x) for x in data["volumes"])
         return state
-
-
-def _rsi(gain: float | None, loss: float | None) -> float:
-    assert gain is not None and loss is not None
-    if loss == 0.0:
-        return 100.0 if gain > 0.0 else 50.0
-    return 100.0 - 100.0 / (1.0 + gain / loss)
-
-
-def _sample_stdev(data: list[float]) -> float:
-    mean = math.fsum(data) / len(data)
-    return math.sqrt(math.fsum((x - mean) ** 2 for x in data) / (len(data) - 1))
-
-
-def _volume_z(volumes: list[float]) -> float:
-    """The bar's volume against the previous ones; 0 when those are all equal (e.g. all unknown, 0)."""
-    history, current = volumes[:-1], volumes[-1]
-    spread = _sample_stdev(history)
-    if spread == 0.0:
-        return 0.0
-    return (current - math.fsum(history) / len(history)) / spread
 
 
 # --- batch -----------------------------------------------------------------------------------------

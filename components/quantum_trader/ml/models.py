@@ -141,35 +141,40 @@ class CompiledTrees:
         self.one_hot = np.zeros((len(trees), self.classes), dtype=np.float32)
         self.one_hot[np.arange(len(trees)), info] = 1.0
         self.depth = _max_depth(self.left, self.right)
-        # flat arrays indexed by tree * width + node; a leaf's children are itself, so a walk may overshoot freely
+        # Flat arrays indexed by a "slot", 2 * (tree * width + node), so one gather per level finds the next
+        # node: children[slot + 1] is where "go left" leads, children[slot] the other branch, and both slots of
+        # a node hold its feature, condition and default. A leaf's children are itself, so a walk may overshoot.
         own = np.arange(len(trees))[:, None] * width + np.arange(width)[None, :]
         leaf = self.left < 0
         offset = np.arange(len(trees))[:, None] * width
         left = np.where(leaf, own, self.left + offset)
         right = np.where(leaf, own, self.right + offset)
-        # children[2 * i + 1] is where "go left" leads, children[2 * i] the other branch
-        self._children = np.stack([right.ravel(), left.ravel()], axis=1).ravel().astype(np.int64)
-        self._feature = self.feature.ravel().astype(np.int64)
-        self._condition = self.condition.ravel()
-        self._default_left = self.default_left.ravel()
-        self._roots = (np.arange(len(trees)) * width).astype(np.int64)
+        self._children = 2 * np.stack([right.ravel(), left.ravel()], axis=1).ravel().astype(np.int64)
+        self._feature = np.repeat(self.feature.ravel().astype(np.int64), 2)
+        self._condition = np.repeat(self.condition.ravel(), 2)
+        self._default_left = np.repeat(self.default_left.ravel(), 2)
+        self._roots = 2 * (np.arange(len(trees)) * width).astype(np.int64)
 
     def margins(self, x: np.ndarray) -> np.ndarray:
         """Per-class margins of one row (shape (features,) or (1, features)) as shape (1, classes)."""
-        values = np.asarray(x, dtype=np.float32).reshape(-1)
-        node = self._roots
+        return self.row_margins(np.asarray(x, dtype=np.float32).reshape(-1))
+
+    def row_margins(self, values: np.ndarray) -> np.ndarray:
+        """``margins`` of a float32 row of shape (features,), which is read, not copied."""
+        slot = self._roots
         missing = bool(np.isnan(values).any())
         for _ in range(self.depth):
-            value = values.take(self._feature.take(node))
-            go_left = value < self._condition.take(node)
+            value = values.take(self._feature.take(slot))
+            go_left = value < self._condition.take(slot)
             if missing:
-                go_left = np.where(np.isnan(value), self._default_left.take(node), go_left)
-            node = self._children.take(2 * node + go_left)
-        leaves = self._condition.take(node)
+                go_left = np.where(np.isnan(value), self._default_left.take(slot), go_left)
+            slot = self._children.take(slot + go_left)
+        leaves = self._condition.take(slot)
         return (self.intercept + leaves @ self.one_hot).astype(np.float64)[None, :]
 
 
 def _max_depth(left: np.ndarray, right: np.ndarray) -> int:
+    """The most splits on any path from a root to a leaf: a walk of that many steps has reached every leaf."""
     depth = np.zeros(left.shape, dtype=np.int32)
     deepest = 0
     for column in range(left.shape[1]):  # children always have larger ids than their parent in xgboost's layout
@@ -178,7 +183,7 @@ def _max_depth(left: np.ndarray, right: np.ndarray) -> int:
             rows = np.flatnonzero(has)
             depth[rows, children[has]] = depth[rows, column] + 1
         deepest = max(deepest, int(depth[:, column].max()))
-    return deepest + 1
+    return deepest
 
 
 # --- torch -----------------------------------------------------------------------------------------
@@ -309,3 +314,50 @@ class Ensemble:
             softmax(margins, self.xgb_temperature),
             softmax(mlp_logits(self.mlp, x), self.mlp_temperature),
         )
+
+
+class RowPredictor:
+    """Both models of an ensemble for one vector at a time, the way ai-engine runs them per bar.
+
+    The same arithmetic as ``Ensemble.probabilities`` on one row, bit for bit (a test checks it on real
+    bars), without its per-call costs: the vector is written once into a preallocated float32 row that
+    the tree walk reads and torch sees as a (1, features) tensor of the same memory; the MLP runs as its
+    three ``addmm`` into preallocated tensors (what ``nn.Linear`` calls for a 2-D input) under
+    ``inference_mode``, with no module dispatch, autograd bookkeeping or new tensors. Not thread-safe:
+    one predictor per consumer loop.
+    """
+
+    def __init__(self, model: Ensemble) -> None:
+        if model.trees is None:
+            raise ValueError("the ensemble has no compiled trees")
+        self.trees = model.trees
+        self.xgb_temperature = model.xgb_temperature
+        self.mlp_temperature = model.mlp_temperature
+        mlp = model.mlp
+        kinds = [type(m) for m in mlp.net]
+        if kinds != [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Linear]:  # what logits() replays
+            raise ValueError(f"RowPredictor runs MarketMLP's layers, not {[k.__name__ for k in kinds]}")
+        self.row = np.zeros(mlp.mean.numel(), dtype=np.float32)
+        self._input = torch.from_numpy(self.row).unsqueeze(0)
+        self._mean, self._scale = mlp.mean.detach(), mlp.scale.detach()
+        linear = [m for m in mlp.net if isinstance(m, nn.Linear)]
+        self._layers = [(layer.bias.detach(), layer.weight.detach().t()) for layer in linear]
+        self._scaled = torch.empty_like(self._input)
+        self._outputs = [torch.empty(1, layer.out_features) for layer in linear]
+
+    def probabilities(self, values: tuple[float, ...] | list[float]) -> tuple[np.ndarray, np.ndarray]:
+        """(xgboost, torch) calibrated probabilities of one vector's values, each of shape (1, 3)."""
+        self.row[:] = values
+        p_xgb = softmax(self.trees.row_margins(self.row), self.xgb_temperature)
+        return p_xgb, softmax(self.logits(), self.mlp_temperature)
+
+    def logits(self) -> np.ndarray:
+        """The MLP's logits of the row last written to ``row``, shape (1, 3)."""
+        with torch.inference_mode():
+            hidden = torch.div(torch.sub(self._input, self._mean, out=self._scaled), self._scale, out=self._scaled)
+            last = len(self._layers) - 1
+            for i, ((bias, weight), out) in enumerate(zip(self._layers, self._outputs, strict=True)):
+                hidden = torch.addmm(bias, hidden, weight, out=out)
+                if i < last:
+                    hidden.relu_()
+        return hidden.numpy().astype(np.float64)

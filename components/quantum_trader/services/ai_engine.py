@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
 import redis
 
 from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
@@ -31,11 +31,15 @@ from quantum_trader.runtime.service import ComponentContext, Service
 from quantum_trader.runtime.settings import SettingsError
 from quantum_trader.runtime.state import HeldStates
 
+if TYPE_CHECKING:  # torch and xgboost load only when a learned model is named
+    from quantum_trader.ml.models import RowPredictor
+
 
 class AiEngine(Service):
     def __init__(self, ctx: ComponentContext) -> None:
         super().__init__(ctx)
         self.artifact: LoadedArtifact | None = None
+        self.predictor: RowPredictor | None = None
         self._warned_mismatch = False
         self.baseline_states: HeldStates[baseline.StrategyState] = HeldStates(ctx.client)
         self.ensemble_states: HeldStates[ensemble.EnsembleState] = HeldStates(ctx.client)
@@ -50,8 +54,11 @@ class AiEngine(Service):
             raise SettingsError(str(error)) from None
         import torch
 
+        from quantum_trader.ml.models import RowPredictor
+
         torch.set_num_threads(1)  # one vector at a time: threads only add latency, and results stay bit-stable
         self.model_digest = self.artifact.digest
+        self.predictor = RowPredictor(self.artifact.ensemble)  # Ensemble.probabilities' arithmetic, per bar
 
     def _report_refusal(self, observed: str) -> None:
         """One heartbeat saying which model is on disk, so drift checks can name the difference."""
@@ -130,7 +137,8 @@ class AiEngine(Service):
         """Both models on one vector, combined with the policy's weights, then the ensemble's rule."""
         assert self.artifact is not None
         model = self.ctx.policy.model
-        p_xgb, p_torch = self.artifact.ensemble.probabilities(np.asarray(vector.values, dtype=np.float64)[None, :])
+        assert self.predictor is not None
+        p_xgb, p_torch = self.predictor.probabilities(vector.values)
         probabilities = ensemble.combine(p_xgb[0], p_torch[0], model)
         return ensemble.decide(
             vector, probabilities, state, model, self.ctx.policy.strategy, model_digest=self.model_digest
