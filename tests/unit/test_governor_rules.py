@@ -15,6 +15,7 @@ from quantum_trader.contracts.policy import PolicySpec, StreamRetention
 from quantum_trader.risk.limits import (
     FIVE_MINUTES_MS,
     HOUR_MS,
+    NOTIONAL_TOLERANCE,
     GovernorState,
     Limits,
     Reason,
@@ -249,7 +250,7 @@ def test_script_payload_is_all_strings_and_carries_both_outcomes() -> None:
             now_ms=42,
         )
     )
-    lists = {"approval", "approved_decision", "rejected_decision"}
+    lists = {"approval", "decision"}
     assert all(isinstance(v, str) for k, v in payload.items() if k not in lists)
     assert (payload["notional"], payload["leverage"], payload["allowlisted"], payload["time"]) == (
         "123.4",
@@ -259,9 +260,13 @@ def test_script_payload_is_all_strings_and_carries_both_outcomes() -> None:
     )
     approval = pairs(payload["approval"])
     assert (approval["type"], approval["id"], approval["corr"]) == ("Approval", "apr:" + plan.plan_id, "c1")
-    approved = pairs(payload["approved_decision"])
-    rejected = pairs(payload["rejected_decision"])
-    assert approved["id"] == rejected["id"] == "dec:" + plan.plan_id
-    assert json.loads(approved["data"])["approved"] is True
+    decision = pairs(payload["decision"])  # one envelope for both outcomes: a rejection replaces its data
+    assert (decision["type"], decision["id"], decision["corr"]) == ("GovernorDecision", "dec:" + plan.plan_id, "c1")
+    assert json.loads(decision["data"])["approved"] is True
+    assert (payload["ttl"], payload["max_open"], payload["tolerance"]) == (
+        str(StreamRetention().done_ttl_seconds),
+        str(LIMITS.max_open_positions),
+        repr(NOTIONAL_TOLERANCE),
+    )
     made = GovernorDecision.model_validate_json(payload["reject_before"] + "leverage" + payload["reject_after"])
     assert (made.approved, made.reasons, made.time) == (False, ("leverage",), 42)

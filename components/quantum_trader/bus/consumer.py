@@ -25,6 +25,12 @@ as apply-layer's order does, would otherwise flush every step alone), each step 
 exactly-once script. Handlers that read their own stage's writes (say position-state, whose heat
 builds on the previous step's totals) are stepped one by one.
 
+A handler wrapped in :class:`Prepared` gets the batch's messages once, before it runs for each of
+them, so that what it reads (or a script it runs) for every message goes in one round trip for the
+batch: intent-bridge reads the positions' sides, the governor decides every plan of the batch in one
+pipeline of its scripts. The handler itself still runs for each message and must not rely on the
+preparation (a reclaimed entry, or a preparation that failed, is handled without it).
+
 The consumer talks to Redis over a connection of its own (``single_connection_client``) instead of
 checking one out of the pool for every command: a checkout costs a lock and a poll of the socket per
 command, and the loop is single-threaded anyway. Pipelines still take one from the pool.
@@ -82,6 +88,30 @@ def independent_steps(handler: HandlerT) -> HandlerT:
     """Mark a handler whose messages of one batch may be stepped together (see the module doc)."""
     handler.independent_steps = True  # type: ignore[attr-defined]
     return handler
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A handler with a preparation for its whole batch (see the module doc).
+
+    ``prepare`` gets the envelopes and deliveries of the batch's messages that will be handled, in
+    order, once per batch; ``handle`` then runs for each of them as any handler does. The handler's
+    markers (:func:`no_done_precheck`, :func:`independent_steps`) are read from ``handle``.
+    """
+
+    handle: Handler
+    prepare: Callable[[list[Envelope], list[Delivery]], None]
+
+    def __call__(self, envelope: Envelope, delivery: Delivery) -> Step | StepOutcome | None:
+        return self.handle(envelope, delivery)
+
+    @property
+    def no_done_precheck(self) -> bool:
+        return bool(getattr(self.handle, "no_done_precheck", False))
+
+    @property
+    def independent_steps(self) -> bool:
+        return bool(getattr(self.handle, "independent_steps", False))
 
 
 def dedicated_connection(client: redis.Redis) -> redis.Redis:
@@ -226,6 +256,8 @@ class StreamConsumer:
         else:
             done = self._done_flags([p.envelope.id for p in pending])
         together = bool(getattr(handler, "independent_steps", False))
+        if isinstance(handler, Prepared):
+            self._prepare(handler, [item for item, already_done in zip(pending, done, strict=True) if not already_done])
         acks: list[str] = []
         deferred: list[tuple[_Pending, Step]] = []
         deferred_since = 0.0
@@ -264,6 +296,15 @@ class StreamConsumer:
         self._flush(deferred)
         if acks:
             self.client.xack(stream_key, self.group, *acks)
+
+    def _prepare(self, handler: Prepared, items: list[_Pending]) -> None:
+        """The handler's preparation for the batch; a failure only costs its round trip (see the module doc)."""
+        if not items:
+            return
+        try:
+            handler.prepare([item.envelope for item in items], [item.delivery for item in items])
+        except Exception as error:  # each message is then handled without it
+            log.warning("batch preparation failed", extra={"error": f"{type(error).__name__}: {error}"})
 
     def _validated(self, stream: str, entry_id: str, fields: dict, deliveries: int) -> Envelope | None:
         """The message, or None when it went to the DLQ (too many deliveries, or invalid)."""
@@ -368,8 +409,9 @@ class StreamConsumer:
         envelope = self._validated(stream, entry_id, fields, deliveries)
         if envelope is None:
             return
-        for item in self._admitted(stream, [_Pending(envelope, Delivery(stream, entry_id, deliveries), started)],
-                                   {entry_id: fields}):
+        for item in self._admitted(
+            stream, [_Pending(envelope, Delivery(stream, entry_id, deliveries), started)], {entry_id: fields}
+        ):
             self._run(item, checked=False)
 
     def _step(self, envelope: Envelope, delivery: Delivery, *, checked: bool = False) -> StepOutcome:
@@ -470,4 +512,3 @@ class StreamConsumer:
     def _observe(self, stream: str, outcome: str, started: float) -> None:
         if self._observer is not None:
             self._observer(stream, outcome, time.perf_counter() - started)
-

@@ -39,7 +39,6 @@ def read_control(client: redis.Redis, keys: Keys) -> ControlState:
     return parse_control(text_dict(raw), text_dict(halts))
 
 
-
 def write_control(
     client: redis.Redis,
     keys: Keys,

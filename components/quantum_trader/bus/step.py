@@ -60,7 +60,7 @@ class Step:
         """HSET or HDEL one field of a hash of numbers whose ``sum`` and ``count`` ``totals`` keeps.
 
         The script reads the field's old value and moves the totals by the difference in the same
-        atomic step, so the totals stay exact under any concurrency (``stage.lua``'s ``tally``).
+        atomic step, so the totals stay exact under any concurrency (``tally.lua``, run by ``stage.lua``).
         """
         if command == "HSET":
             if value is None:
@@ -83,6 +83,11 @@ def _arg(value: object) -> str:
     return str(value)
 
 
+def lua_with_tally(script: str) -> str:
+    """``script`` with ``tally.lua`` (the running totals' one write function) defined before it."""
+    return resources.files(__package__).joinpath("tally.lua").read_text() + "\n" + script
+
+
 class StepOutcome(Enum):
     DONE = 1
     DUPLICATE = 0
@@ -98,7 +103,9 @@ class StepRunner:
         self._stage = stage
         self._max_len = max_len
         self._ttl = done_ttl_seconds
-        self._script = client.register_script(resources.files(__package__).joinpath("stage.lua").read_text())
+        self._script = client.register_script(
+            lua_with_tally(resources.files(__package__).joinpath("stage.lua").read_text())
+        )
         self._loaded = False
 
     def payload(self, step: Step, group: str, entry_id: str) -> str:

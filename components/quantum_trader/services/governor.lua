@@ -17,8 +17,8 @@
 --   group, entry_id, ttl, maxlen, kind, symbol, plan_id, time, notional, leverage, allowlisted ("1"/"0"),
 --   max_leverage, max_per_trade, max_total, max_open, per_hour, per_5m, cooldown_ms,
 --   hour_ms, five_ms, trim_ms, tolerance,
---   approval, approved_decision, rejected_decision: flat [field, value, ...] envelopes built in Python;
---   reject_before, reject_after: rejected_decision's data JSON around its one reason code, so the
+--   approval, decision: flat [field, value, ...] envelopes built in Python (decision with the approved data);
+--   reject_before, reject_after: a rejection's data JSON around its one reason code, so the
 --   script only concatenates (reason codes are plain [a-z0-9_] and need no JSON escaping).
 -- Returns {1, "approved" | reason} when decided, {0, "duplicate"} when the plan was already done.
 local p = cjson.decode(ARGV[1])
@@ -96,29 +96,8 @@ local function total_of(key, totals)
   return total
 end
 
--- HSET or HDEL one field of a tallied hash, moving its totals by the difference (a copy of bus/stage.lua's)
-local function tally(totals, command, key, field, value)
-  local old = redis.call('HGET', key, field)
-  if command == 'HSET' then redis.call('HSET', key, field, value) else redis.call('HDEL', key, field) end
-  local delta, count = 0, 0
-  if old then
-    local n = tonumber(old)
-    if not finite(n) then return redis.call('DEL', totals) end
-    delta, count = -n, -1
-  end
-  if command == 'HSET' then
-    local n = tonumber(value)
-    if not finite(n) then return redis.call('DEL', totals) end
-    delta, count = delta + n, count + 1
-  end
-  local remaining
-  if count ~= 0 then remaining = redis.call('HINCRBY', totals, 'count', count) end
-  if remaining == 0 then
-    redis.call('HSET', totals, 'sum', '0')
-  elseif delta ~= 0 then
-    redis.call('HINCRBYFLOAT', totals, 'sum', string.format('%.17g', delta))
-  end
-end
+-- tally (HSET or HDEL one field of a tallied hash, moving its totals by the difference) is
+-- bus/tally.lua, put before this script by services/governor.py: the one copy, shared with bus/stage.lua
 
 local function entry_reason(t, notional)
   if p.allowlisted ~= '1' then return 'not_allowlisted' end
@@ -179,9 +158,9 @@ if reason == nil then
     redis.call('HSET', KEYS[7], p.symbol, p.plan_id)
   end
   emit(KEYS[11], p.approval)
-  emit(KEYS[12], p.approved_decision)
+  emit(KEYS[12], p.decision)
 else
-  local fields = p.rejected_decision
+  local fields = p.decision
   for i = 1, #fields, 2 do
     if fields[i] == 'data' then fields[i + 1] = p.reject_before .. reason .. p.reject_after end
   end

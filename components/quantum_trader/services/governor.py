@@ -11,8 +11,14 @@ script is also the stage step — it checks and sets ``done:governor:<message id
 a redelivered plan is acked without a second decision, and a crash can never leave a reservation
 without its approval or an approval without its reservation.
 
-This module only prepares the script's arguments: the Approval and both possible decisions are
-encoded here (pydantic, the one JSON encoder of the project); the script adds the reason code.
+This module only prepares the script's arguments: the Approval and the decision are encoded here
+(pydantic, the one JSON encoder of the project); the script adds the reason code of a rejection.
+The decision's envelope is built once, with the approved data; a rejection keeps the envelope and
+gets its data from the rejection JSON around the reason slot. The policy's part of the arguments
+is the same for every plan and encoded once per policy.
+
+The plans of one batch are decided in one pipeline of script calls (:class:`Prepared`): each call is
+still one atomic decision, in the batch's order, so a pipeline decides exactly as calls one by one.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 
 import redis
 
-from quantum_trader.bus.consumer import Delivery, Handler, no_done_precheck
-from quantum_trader.bus.step import StepOutcome
+from quantum_trader.bus.consumer import Delivery, Handler, Prepared, no_done_precheck
+from quantum_trader.bus.step import StepOutcome, lua_with_tally
 from quantum_trader.contracts.envelope import Envelope, encode
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import Approval, GovernorDecision, Message, Plan, PlanKind, Reservation
@@ -119,6 +126,27 @@ def split_rejection(data: str) -> tuple[str, str]:
     return data[: index + len(_REASONS_FIELD) + 1], data[index + len(marker) - 2 :]
 
 
+@lru_cache(maxsize=8)
+def policy_fields(limits: Limits, retention: StreamRetention) -> str:
+    """The part of ARGV[1] that is the same for every plan: the policy's numbers, as JSON members."""
+    fields = {
+        "ttl": str(retention.done_ttl_seconds),
+        "maxlen": str(retention.max_len),
+        "max_leverage": str(limits.max_leverage),
+        "max_per_trade": repr(float(limits.max_notional_per_trade)),
+        "max_total": repr(float(limits.max_total_notional)),
+        "max_open": str(limits.max_open_positions),
+        "per_hour": str(limits.max_entries_per_hour),
+        "per_5m": str(limits.max_entries_per_five_minutes),
+        "cooldown_ms": str(limits.cooldown_ms),
+        "hour_ms": str(HOUR_MS),
+        "five_ms": str(FIVE_MINUTES_MS),
+        "trim_ms": str(RATE_TRIM_MS),
+        "tolerance": repr(NOTIONAL_TOLERANCE),
+    }
+    return json.dumps(fields)[1:-1]
+
+
 def script_payload(
     envelope: Envelope[Plan],
     limits: Limits,
@@ -133,12 +161,9 @@ def script_payload(
     corr = envelope.corr
     rejected = decision_for(plan, now_ms, approved=False, reasons=(_REASON_SLOT,))
     before, after = split_rejection(rejected.model_dump_json())
-    rejected_fields = _flat(rejected, decision_id(plan.plan_id), corr)
     payload = {
         "group": group,
         "entry_id": entry_id,
-        "ttl": str(retention.done_ttl_seconds),
-        "maxlen": str(retention.max_len),
         "kind": plan.kind.value,
         "symbol": plan.symbol,
         "plan_id": plan.plan_id,
@@ -146,24 +171,12 @@ def script_payload(
         "notional": repr(float(plan.reference_notional)),
         "leverage": str(plan.leverage),
         "allowlisted": "1" if plan.symbol in limits.allowlist else "0",
-        "max_leverage": str(limits.max_leverage),
-        "max_per_trade": repr(float(limits.max_notional_per_trade)),
-        "max_total": repr(float(limits.max_total_notional)),
-        "max_open": str(limits.max_open_positions),
-        "per_hour": str(limits.max_entries_per_hour),
-        "per_5m": str(limits.max_entries_per_five_minutes),
-        "cooldown_ms": str(limits.cooldown_ms),
-        "hour_ms": str(HOUR_MS),
-        "five_ms": str(FIVE_MINUTES_MS),
-        "trim_ms": str(RATE_TRIM_MS),
-        "tolerance": repr(NOTIONAL_TOLERANCE),
         "approval": _flat(approval_for(plan, now_ms, limits), approval_id(plan.plan_id), corr),
-        "approved_decision": _flat(decision_for(plan, now_ms, approved=True), decision_id(plan.plan_id), corr),
-        "rejected_decision": rejected_fields,
+        "decision": _flat(decision_for(plan, now_ms, approved=True), decision_id(plan.plan_id), corr),
         "reject_before": before,
         "reject_after": after,
     }
-    return json.dumps(payload)
+    return "{" + policy_fields(limits, retention) + ", " + json.dumps(payload)[1:]
 
 
 class GovernorScript:
@@ -174,7 +187,10 @@ class GovernorScript:
         self.keys = keys
         self.limits = limits
         self.retention = retention
-        self._script = client.register_script(resources.files(__package__).joinpath("governor.lua").read_text())
+        self._script = client.register_script(
+            lua_with_tally(resources.files(__package__).joinpath("governor.lua").read_text())
+        )
+        self._loaded = False
 
     def script_keys(self, message_id: str, symbol: str) -> list[str]:
         k = self.keys
@@ -198,8 +214,39 @@ class GovernorScript:
     def decide(self, envelope: Envelope[Plan], *, group: str, entry_id: str, now_ms: int) -> Verdict:
         """Decide ``envelope``'s plan once: reserve, emit, mark done and ack in one script run."""
         payload = script_payload(envelope, self.limits, self.retention, group=group, entry_id=entry_id, now_ms=now_ms)
-        decided, reason = self._script(keys=self.script_keys(envelope.id, envelope.message.symbol), args=[payload])
-        return Verdict(decided=int(decided) == 1, reason=reason.decode() if isinstance(reason, bytes) else reason)
+        return verdict_of(self._script(keys=self.script_keys(envelope.id, envelope.message.symbol), args=[payload]))
+
+    def decide_many(
+        self, envelopes: list[Envelope[Plan]], entry_ids: list[str], *, group: str, now_ms: int
+    ) -> list[Verdict | Exception]:
+        """Decide several plans in one round trip, in order: one script run each, as :meth:`decide`.
+
+        A call whose script failed comes back as its exception (that plan was not decided).
+        """
+        calls = []
+        for envelope, entry_id in zip(envelopes, entry_ids, strict=True):
+            payload = script_payload(
+                envelope, self.limits, self.retention, group=group, entry_id=entry_id, now_ms=now_ms
+            )
+            calls.append((self.script_keys(envelope.id, envelope.message.symbol), payload))
+        if self._script.sha is None or not self._loaded:  # a pipeline cannot load it on a miss
+            self._script.sha = self.client.script_load(self._script.script)
+            self._loaded = True
+        for attempt in range(2):
+            with self.client.pipeline(transaction=False) as pipe:
+                for keys, payload in calls:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, payload)
+                replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self._script.sha = self.client.script_load(self._script.script)  # a restarted or new server
+                continue
+            break
+        return [r if isinstance(r, Exception) else verdict_of(r) for r in replies]
+
+
+def verdict_of(reply: list) -> Verdict:
+    decided, reason = reply
+    return Verdict(decided=int(decided) == 1, reason=reason.decode() if isinstance(reason, bytes) else reason)
 
 
 class GovernorService(Service):
@@ -212,15 +259,30 @@ class GovernorService(Service):
         super().__init__(ctx)
         self.limits = Limits.from_policy(ctx.policy)
         self.script = GovernorScript(ctx.client, ctx.keys, self.limits, ctx.policy.streams)
+        self._decided: dict[str, tuple[str, Verdict]] = {}
+        """entry id -> (message id, verdict) of the current batch, decided together by ``decide_batch``"""
 
     def handlers(self) -> dict[str, Handler]:
-        return {PLAN_STREAM: self.on_plan}
+        return {PLAN_STREAM: Prepared(self.on_plan, self.decide_batch)}
+
+    def decide_batch(self, envelopes: list[Envelope[Plan]], deliveries: list[Delivery]) -> None:
+        """Decide the batch's plans in one pipeline; ``on_plan`` then reports each verdict."""
+        self._decided = {}
+        entry_ids = [d.entry_id for d in deliveries]
+        verdicts = self.script.decide_many(envelopes, entry_ids, group=self.ctx.name, now_ms=self.ctx.now_ms())
+        for envelope, entry_id, verdict in zip(envelopes, entry_ids, verdicts, strict=True):
+            if isinstance(verdict, Verdict):  # a failed call is decided again by on_plan, on its own
+                self._decided[entry_id] = (envelope.id, verdict)
 
     @no_done_precheck  # governor.lua checks the done key first and only acks a plan already decided
     def on_plan(self, envelope: Envelope[Plan], delivery: Delivery) -> StepOutcome:
-        verdict = self.script.decide(
-            envelope, group=self.ctx.name, entry_id=delivery.entry_id, now_ms=self.ctx.now_ms()
-        )
+        batched = self._decided.pop(delivery.entry_id, None)
+        if batched is not None and batched[0] == envelope.id:
+            verdict = batched[1]
+        else:
+            verdict = self.script.decide(
+                envelope, group=self.ctx.name, entry_id=delivery.entry_id, now_ms=self.ctx.now_ms()
+            )
         plan = envelope.message
         if not verdict.decided:
             self.count("plans_duplicate")

@@ -1,4 +1,10 @@
-"""intent-bridge: ``trade.intent`` -> ``apply.plan``. Sizing and side rules live in ``execution.sizing``."""
+"""intent-bridge: ``trade.intent`` -> ``apply.plan``. Sizing and side rules live in ``execution.sizing``.
+
+Round trips per batch of intents, not per intent: the sides of the batch's positions are read in one
+pipeline before the intents are planned (:class:`Prepared`), and the plans' steps go in one pipeline
+(``independent_steps``). Exchange filters are parsed once per published version of a symbol's entry,
+not on every re-read.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import json
 import time
 
 from quantum_trader.bus.codec import text
-from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
+from quantum_trader.bus.consumer import Delivery, Handler, Prepared, independent_steps, no_done_precheck
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.messages import PositionSide, TradeIntent
@@ -29,20 +35,27 @@ class IntentBridge(Service):
         super().__init__(ctx)
         self.allowlist = frozenset(ctx.policy.symbols)
         self._filters: dict[str, SymbolFilters] = {}
+        self._published: dict[str, bytes | str] = {}
+        """each symbol's filters as published (raw), so an unchanged entry is not parsed again"""
         self._filters_read = 0.0
+        self._sides: dict[str, bytes | str | None] = {}
+        """``position:<symbol>.side`` of the current batch's symbols, read for it in one round trip"""
 
     def handlers(self) -> dict[str, Handler]:
-        return {"trade.intent": self.on_intent}
+        return {"trade.intent": Prepared(self.on_intent, self.read_sides)}
 
     def filters(self, symbol: str) -> SymbolFilters | None:
         """The symbol's exchange filters as apply-layer published them (re-read every minute)."""
         age = time.monotonic() - self._filters_read
         if age > FILTERS_TTL_SECONDS or (symbol not in self._filters and age > FILTERS_MISSING_RETRY_SECONDS):
-            raw = self.ctx.client.hgetall(self.ctx.keys.exchange_filters)
+            raw = {text(k): v for k, v in self.ctx.client.hgetall(self.ctx.keys.exchange_filters).items()}
             self._filters = {
-                text(k): SymbolFilters.from_exchange_info(json.loads(v))
-                for k, v in raw.items()
+                name: self._filters[name]
+                if self._published.get(name) == value and name in self._filters
+                else SymbolFilters.from_exchange_info(json.loads(value))
+                for name, value in raw.items()
             }
+            self._published = raw
             self._filters_read = time.monotonic()
         return self._filters.get(symbol)
 
@@ -60,11 +73,22 @@ class IntentBridge(Service):
             return False, "waiting for exchange rules from apply-layer"
         return True, "ready"
 
+    def read_sides(self, envelopes: list[Envelope[TradeIntent]], deliveries: list[Delivery]) -> None:
+        """The sides of the batch's positions, in one pipeline (the handler reads each one it misses itself)."""
+        symbols = sorted({e.message.symbol for e in envelopes})
+        with self.ctx.client.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.hget(self.ctx.keys.position(symbol), "side")
+            self._sides = dict(zip(symbols, pipe.execute(), strict=True))
+
     def position_side(self, symbol: str) -> PositionSide:
-        side = self.ctx.client.hget(self.ctx.keys.position(symbol), "side")
+        if symbol in self._sides:  # read for this batch; used once, so a later intent reads it again
+            side = self._sides.pop(symbol)
+        else:
+            side = self.ctx.client.hget(self.ctx.keys.position(symbol), "side")
         if side is None:
             return PositionSide.FLAT
-        return PositionSide(side.decode() if isinstance(side, bytes) else side)
+        return PositionSide(text(side))
 
     @no_done_precheck  # its only effect is its step, which finds the done key and only acks
     @independent_steps  # its step only emits apply.plan, which no intent of the batch reads

@@ -60,8 +60,6 @@ HEAT_REFRESH_SECONDS = 5.0
 """heat-gate treats heat older than 60 s (wall clock) as stale; refresh well within that"""
 
 
-
-
 def _flat(mapping: Mapping[str, str]) -> list[str]:
     flat: list[str] = []
     for name, value in mapping.items():
@@ -70,8 +68,6 @@ def _flat(mapping: Mapping[str, str]) -> list[str]:
 
 
 RISK_OK = "ok"
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +94,14 @@ def read_state(client: redis.Redis, keys: Keys, symbol: str, done_key: str | Non
     """Read the result's position, its locks, the ledger and the running heat totals: one round trip, O(1).
 
     With ``done_key``, whether the message is already done comes back in the same round trip.
+
+    A plain pipeline, not MULTI/EXEC: a consistent snapshot would buy nothing, since the step is
+    applied later anyway. Every value the step is computed over and writes back (the position's
+    version, the locks, the symbol's risk entry, the totals' state) is a guard of the step, so a
+    change between these reads, or between them and the step, is a conflict and recomputed; the
+    rest (ledger, the others' sum and count) is unguarded with or without a transaction.
     """
-    with client.pipeline(transaction=True) as pipe:
+    with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.position(symbol))
         pipe.hget(keys.entry_locks, symbol)
         pipe.hget(keys.exit_locks, symbol)
