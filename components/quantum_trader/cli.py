@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from quantum_trader.backtest.command import backtest
+from quantum_trader.contracts.messages import SYMBOL_PATTERN
 from quantum_trader.research.train_cli import train
 
 EXIT_USAGE = 2
@@ -150,7 +151,7 @@ class Speed(click.ParamType):
 
 
 class Pattern(click.ParamType):
-    def __init__(self, pattern: str, name: str, example: str) -> None:
+    def __init__(self, pattern: str | re.Pattern[str], name: str, example: str) -> None:
         self.pattern = re.compile(pattern)
         self.name = name
         self.example = example
@@ -166,7 +167,8 @@ POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
 INSTANCE = Pattern(
     r"[a-z0-9]([a-z0-9.\-]*[a-z0-9])?", "INSTANCE", "an instance id (lower-case letters, digits, '.', '-')"
 )
-SYMBOL = Pattern(r"[A-Z0-9]{2,20}", "SYMBOL", "a symbol (2-20 capital letters and digits, like BTCUSDT)")
+SYMBOL = Pattern(SYMBOL_PATTERN, "SYMBOL", "a symbol (2-20 capital letters and digits, like BTCUSDT)")
+"""contracts' one symbol rule: a symbol the command takes is one every message accepts"""
 MONTH = Pattern(r"\d{4}-(0[1-9]|1[0-2])", "YYYY-MM", "a month as YYYY-MM")
 
 
@@ -632,8 +634,9 @@ def digest(image: str | None) -> None:
     except DigestError as error:
         raise UserError(str(error)) from None
     click.echo(tree)
-    click.echo(f"checkout {commit}; a TradingPolicy needs the registry digest of the pushed image: qt digest IMAGE",
-               err=True)
+    click.echo(
+        f"checkout {commit}; a TradingPolicy needs the registry digest of the pushed image: qt digest IMAGE", err=True
+    )
 
 
 main.add_command(backtest)

@@ -30,6 +30,8 @@ FIRST = CLOSED - 1 - WARMUP  # the server repeats the last closed bar on connect
 def bars_through(closed: int) -> str:
     """How many ticks market-data has published once ``closed`` bars of each symbol have closed."""
     return str(len(SYMBOLS) * (closed - FIRST))
+
+
 RUNS = ("market-data", "features", "governor")
 
 
@@ -69,15 +71,15 @@ def market():
 
 @pytest.mark.timeout(240)
 def test_a_dropped_websocket_reconnects_backfills_without_duplicates_and_holds_entries_while_stale(
-    market, redis_url, r, instance, tmp_path
+    market, redis_url, r, instance, tmp_path, monkeypatch
 ):
+    # Set as a person sets them for `qt run` (README "Market data"): the supervisor passes them through.
+    monkeypatch.setenv("QT_MARKET_STREAM_URL", market.ws_url)
+    monkeypatch.setenv("QT_MARKET_REST_URL", market.url)
+    monkeypatch.setenv("QT_MARKET_STALE_SECONDS", "3")
     policy = parse_policy(live_policy())
     supervisor = Supervisor(policy, redis_url, instance=instance, workdir=tmp_path, only=list(RUNS))
     supervisor.prepare()
-    for process in supervisor.pods("market-data"):
-        process.env.update(
-            QT_MARKET_STREAM_URL=market.ws_url, QT_MARKET_REST_URL=market.url, QT_MARKET_STALE_SECONDS="3"
-        )
     keys = supervisor.keys
     published = keys.component_state("market-data", "progress")
     try:

@@ -3,6 +3,8 @@ reasons, how a process ended, the replay options in the policy's own fields, the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 import pytest
 
@@ -13,9 +15,9 @@ from quantum_trader.contracts.policy import MarketDataSource, PolicySpec
 from quantum_trader.data.errors import DataError
 from quantum_trader.local.app import apply_run_options, replay_without_allowed_symbols, with_process_states
 from quantum_trader.local.digest import DigestError, pick_repo_digest, tree_digest
-from quantum_trader.local.ledger import Crash, RunLedger, reached_exchange, render_summary, summarize
+from quantum_trader.local.ledger import Crash, RunLedger, ledger_figure, reached_exchange, render_summary, summarize
 from quantum_trader.local.status import Observed, build_status, idle_reason
-from quantum_trader.local.supervisor import describe_exit
+from quantum_trader.local.supervisor import describe_exit, inherited_environment
 
 
 def result(plan: str, status: str, reason: str = "", code: int | None = None) -> dict:
@@ -111,16 +113,29 @@ def test_how_a_process_ended(code, text):
 
 def beat(component: str, processed: int = 0, **counters) -> HeartbeatRecord:
     return HeartbeatRecord(
-        component=component, pod=f"{component}-0", time_ms=10_000, started_ms=0, state="running",
-        code_version="x", image_digest="", model_digest="", control_generation=1,
-        counters={"processed": processed, **counters}, groups={},
+        component=component,
+        pod=f"{component}-0",
+        time_ms=10_000,
+        started_ms=0,
+        state="running",
+        code_version="x",
+        image_digest="",
+        model_digest="",
+        control_generation=1,
+        counters={"processed": processed, **counters},
+        groups={},
     )
 
 
 def observed(beats, processes=None, positions=None) -> Observed:
     return Observed(
-        now_ms=10_500, components=[b.component for b in beats] or ["features"], heartbeats=beats, ledger={},
-        open_positions=positions or {}, control=parse_control({}), starting_equity=1.0,
+        now_ms=10_500,
+        components=[b.component for b in beats] or ["features"],
+        heartbeats=beats,
+        ledger={},
+        open_positions=positions or {},
+        control=parse_control({}),
+        starting_equity=1.0,
         processes=processes or {},
     )
 
@@ -149,6 +164,39 @@ def test_a_crashed_process_is_never_shown_running():
 )
 def test_an_idle_component_says_why(component, processed, positions, counters, reason):
     assert idle_reason(component, processed, 0, positions, counters) == reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "figure"),
+    [("12.5", 12.5), ("", 0.0), (None, 0.0), ("lots", 0.0), ("nan", 0.0), ("inf", 0.0), ("-inf", 0.0), ("-3", -3.0)],
+)
+def test_a_ledger_figure_is_a_finite_number_or_zero(raw, figure):
+    assert ledger_figure({} if raw is None else {"fees": raw}, "fees") == figure
+
+
+def test_a_ledger_hash_holding_an_infinity_still_gives_a_table_and_a_summary():
+    status = build_status(replace(observed([beat("features")]), ledger={"trades": "inf", "wins": "nan", "fees": "1"}))
+    assert (status.summary.trades, status.summary.wins, status.summary.fees) == (0, 0, 1.0)
+    assert summarize(ledger(ledger={"realized_pnl": "inf", "fees": "nan"})).equity == 10_000.0
+
+
+def test_components_get_the_market_data_settings_of_the_caller_and_no_other_qt_setting():
+    caller = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/me",
+        "QT_MARKET_STREAM_URL": "ws://127.0.0.1:9000",
+        "QT_MARKET_REST_URL": "http://127.0.0.1:9001",
+        "QT_MARKET_STALE_SECONDS": "3",
+        "QT_INSTANCE": "another-stack",
+        "QT_REDIS_URL": "redis://elsewhere:6379/0",
+    }
+    assert inherited_environment(caller) == {
+        "PATH": "/usr/bin",
+        "HOME": "/home/me",
+        "QT_MARKET_STREAM_URL": "ws://127.0.0.1:9000",
+        "QT_MARKET_REST_URL": "http://127.0.0.1:9001",
+        "QT_MARKET_STALE_SECONDS": "3",
+    }
 
 
 def test_the_idle_reason_is_in_the_table():
@@ -234,7 +282,9 @@ def test_redis_urls(url):
     assert RedisUrl().convert(url, None, None) == url
 
 
-@pytest.mark.parametrize("url", ["notaurl", "localhost:6379", "http://h:1", "redis://", "redis://h:99999", "redis://h:0"])
+@pytest.mark.parametrize(
+    "url", ["notaurl", "localhost:6379", "http://h:1", "redis://", "redis://h:99999", "redis://h:0"]
+)
 def test_bad_redis_urls(url):
     with pytest.raises(click.BadParameter):
         RedisUrl().convert(url, None, None)
@@ -286,7 +336,9 @@ def test_the_stop_order_of_a_partial_stack_keeps_its_relative_order():
     from quantum_trader.local.supervisor import stop_stages
 
     assert stop_stages(["governor", "apply-layer", "position-state"]) == [
-        ["governor"], ["apply-layer"], ["position-state"]
+        ["governor"],
+        ["apply-layer"],
+        ["position-state"],
     ]
     assert stop_stages([]) == []
 

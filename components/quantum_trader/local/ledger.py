@@ -10,7 +10,9 @@ says: orders and fills from ``apply.result``, rejections from ``governor.decisio
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +76,14 @@ class Summary:
         return self.realized_pnl - self.fees
 
 
-def _float(raw: dict[str, str], name: str) -> float:
+def ledger_figure(raw: Mapping[str, str], name: str) -> float:
+    """One figure of position-state's ledger hash; 0 when it is missing, not a number or not finite (the
+    summary and the status table show a figure, they never fail on one: ``int()`` of an inf would)."""
     try:
-        return float(raw.get(name) or 0)
+        value = float(raw.get(name) or 0)
     except ValueError:
         return 0.0
+    return value if math.isfinite(value) else 0.0
 
 
 def reached_exchange(result: dict[str, Any]) -> bool:
@@ -103,8 +108,8 @@ def summarize(ledger: RunLedger) -> Summary:
             code = str(result.get("reason") or "unknown").split(":", 1)[0]
             rejections[f"apply-layer: skipped {code}"] += 1
     seconds = max(ledger.ended_at - ledger.started_at, 0.0)
-    realized = _float(ledger.ledger, "realized_pnl")
-    fees = _float(ledger.ledger, "fees")
+    realized = ledger_figure(ledger.ledger, "realized_pnl")
+    fees = ledger_figure(ledger.ledger, "fees")
     return Summary(
         run_seconds=seconds,
         bars=ledger.bars,
@@ -151,9 +156,7 @@ def render_summary(ledger: RunLedger, summary: Summary, *, forced: bool = False)
         ),
     ]
     if summary.crashes:
-        rows.append(
-            ("crashes", ", ".join(f"{c.pod} {c.state} at {_duration(c.at_seconds)}" for c in summary.crashes))
-        )
+        rows.append(("crashes", ", ".join(f"{c.pod} {c.state} at {_duration(c.at_seconds)}" for c in summary.crashes)))
     if ledger.error:
         rows.append(("incomplete", ledger.error))
     if ledger.workdir:

@@ -13,6 +13,7 @@ from quantum_trader.bus.codec import text_dict
 from quantum_trader.bus.control import ControlState, read_control
 from quantum_trader.bus.heartbeat import HeartbeatRecord, now_ms, read_heartbeats
 from quantum_trader.contracts.keys import Keys
+from quantum_trader.local.ledger import ledger_figure
 
 STALE_HEARTBEAT_SECONDS = 10.0
 
@@ -70,13 +71,6 @@ class Observed:
     """component -> (process state, restarts, how its last process ended) when a supervisor runs them"""
 
 
-def _float(raw: dict[str, str], name: str) -> float:
-    try:
-        return float(raw.get(name, 0) or 0)
-    except ValueError:
-        return 0.0
-
-
 def idle_reason(component: str, processed: int, lag: int, open_positions: int, counters: dict) -> str:
     """Why a healthy component shows no work, in the words a person needs; empty when it is busy."""
     from quantum_trader.contracts.registry import COMPONENTS
@@ -131,15 +125,15 @@ def build_status(observed: Observed) -> StackStatus:
             if reason:
                 notes.append(reason)
         rows.append(ComponentRow(name, state, processed, lag, pending, last_age, restarts, "; ".join(notes)))
-    realized = _float(observed.ledger, "realized_pnl")
-    fees = _float(observed.ledger, "fees")
+    realized = ledger_figure(observed.ledger, "realized_pnl")
+    fees = ledger_figure(observed.ledger, "fees")
     summary = StackSummary(
         positions=len(observed.open_positions),
         equity=observed.starting_equity + realized - fees,
         realized_pnl=realized,
         fees=fees,
-        trades=int(_float(observed.ledger, "trades")),
-        wins=int(_float(observed.ledger, "wins")),
+        trades=int(ledger_figure(observed.ledger, "trades")),
+        wins=int(ledger_figure(observed.ledger, "wins")),
         control=observed.control.describe(),
         dead_lettered=sum(observed.dlq_lengths.values()),
     )

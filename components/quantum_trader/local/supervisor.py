@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,19 @@ START_ORDER = (
 
 class WiringError(ValueError):
     pass
+
+
+PASSED_THROUGH = ("QT_MARKET_",)
+"""the caller's QT_* settings that reach the components as they are: ``QT_MARKET_STREAM_URL``,
+``QT_MARKET_REST_URL`` and ``QT_MARKET_STALE_SECONDS`` point market-data's live feed elsewhere (README
+"Market data")"""
+
+
+def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment as every component starts with it: its QT_* settings left out, since the
+    supervisor sets its own (a QT_INSTANCE or QT_REDIS_URL of another stack would point a component at it),
+    except the ones in :data:`PASSED_THROUGH`."""
+    return {k: v for k, v in environ.items() if not k.startswith("QT_") or k.startswith(PASSED_THROUGH)}
 
 
 def describe_stop(code: int) -> str:
@@ -127,7 +141,6 @@ class Process:
     restarts: int = 0
     next_start: float = 0.0
     state: str = "starting"
-    last_exit: int | None = None
     last_end: str = ""
     """how the previous process of this pod ended while the stack ran (``crashed (SIGKILL)``)"""
 
@@ -193,7 +206,7 @@ class Supervisor:
         # Paper mode: a throwaway key pair shared by the simulator and the clients, never written anywhere.
         api_key = os.environ.get("BINANCE_API_KEY") or secrets.token_hex(32)
         api_secret = os.environ.get("BINANCE_API_SECRET") or secrets.token_hex(32)
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
+        base_env = inherited_environment(os.environ)
         base_env.update(
             QT_INSTANCE=self.instance,
             QT_REDIS_URL=self.redis_url,
@@ -286,7 +299,6 @@ class Supervisor:
             code = popen.poll()
             if code is None:
                 continue
-            process.last_exit = code
             process.restarts += 1
             process.state = process.last_end = describe_exit(code)
             process.popen = None
@@ -324,9 +336,7 @@ class Supervisor:
         codes: dict[str, int] = {}
         forced = force if force is not None else threading.Event()
         for stage in stop_stages(self.components):
-            pods = [
-                (pod, p) for name in stage for pod, p in self.processes.items() if p.component == name and p.popen
-            ]
+            pods = [(pod, p) for name in stage for pod, p in self.processes.items() if p.component == name and p.popen]
             for _, process in pods:
                 if process.popen is not None and process.popen.poll() is None:
                     process.popen.send_signal(signal.SIGKILL if forced.is_set() else signal.SIGTERM)
@@ -342,7 +352,6 @@ class Supervisor:
                         break
                     time.sleep(0.02)
                 codes[pod] = popen.returncode
-                process.last_exit = popen.returncode
                 process.state = describe_stop(popen.returncode)
         try:
             current = json.loads(run_file().read_text())
