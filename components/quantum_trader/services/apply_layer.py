@@ -18,23 +18,59 @@ remembered). The fee is the filled notional times the account's taker commission
 per symbol (``GET /fapi/v1/commissionRate``) and refreshed hourly, instead of a ``userTrades``
 request per order. The stage step writes the result (the steps of a batch go to Redis together:
 ``bus.consumer.independent_steps``).
+
+An approval that goes to the DLQ (undecodable or invalid, or delivered ``max_deliveries`` times)
+gets no result, so position-state never releases what the governor reserved for it. apply-layer
+follows its DLQ (group ``apply-layer.release``, at most every ``DLQ_RELEASE_SECONDS``) and releases
+the reservation, the entry lock and the exit lock of the plan when both hold:
+- the plan is identified: the dead-lettered entry's envelope id is the governor's ``apr:<plan id>``
+  (the one approval the governor ever writes for a plan; the id is read even when the data is not);
+- no order can exist for it: its in-flight marker is absent. The marker is set (7 days) in the same
+  round trip that precedes any request, so without it no attempt ever got as far as sending. With
+  it, an order may have filled: the reservation is kept, counted (``dead_letter_reservation_kept``)
+  and logged, since releasing it would let the governor admit past its limits while a position may
+  be real. Nothing releases it automatically then: the reconciler is what finds such a position at
+  the exchange, and an operator deletes the plan's field of ``governor:reservations`` (and its lock)
+  once the position is accounted for.
+An entry whose envelope id is missing or not ``apr:...`` cannot be tied to a plan: nothing is
+released (counted as ``dead_letter_unidentified``), its reservation stays until an operator deletes it.
+
+Several orders in flight (``QT_APPLY_IN_FLIGHT``, default ``DEFAULT_IN_FLIGHT``): besides the
+runner's consumer, the process runs that many minus one more consumers of the same group in
+threads (consumer names ``<pod>~1``, ``<pod>~2``, ...), each reading ``WORKER_BATCH`` approvals at
+a time. To Redis and the exchange they are replicas: every rule above holds for each order as it
+does across replicas — the done key, kill switch and marker are read right before each request,
+the client order id makes a second order for a plan impossible, a redelivery is looked up first,
+and a worker's pending approvals are its own backlog after a restart (same pod) or reclaimed
+(XAUTOCLAIM) otherwise. In the process, one symbol has at most one order in flight
+(``_symbol_lock``): an exit reads the open quantity only once no other order of the process is
+changing it. The governor allows at most one entry and one exit per symbol in flight at all; which
+of two such approvals of one symbol, taken by two consumers at once, goes first is not the stream's
+order — as with two replicas. The HTTP requests run on one kept-alive connection per thread
+(``exchange.transport``), so they wait for the exchange side by side.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 
+import redis
+
 from quantum_trader.bus.codec import text, text_dict
-from quantum_trader.bus.consumer import Delivery, Handler, independent_steps, no_done_precheck
+from quantum_trader.bus.consumer import Delivery, Handler, StreamConsumer, independent_steps, no_done_precheck
 from quantum_trader.bus.control import ControlState, parse_control
-from quantum_trader.bus.step import Step
+from quantum_trader.bus.step import Step, StepOutcome, StepRunner
+from quantum_trader.contracts.admission import Admission
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.messages import Approval, ExecutionResult, PositionSide, ResultStatus
+from quantum_trader.contracts.registry import DLQ_SUFFIX
 from quantum_trader.exchange.client import CommissionRate, ExchangeClient
 from quantum_trader.exchange.connect import exchange_client
 from quantum_trader.exchange.errors import DISCONNECTED, ConditionalOrderRefused, ExchangeError
@@ -42,6 +78,7 @@ from quantum_trader.exchange.filters import SymbolFilters
 from quantum_trader.exchange.models import OrderResult
 from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.execution.gateway import LookUp, Refuse, Report, Send, decide_order, has_fill, maybe_sent
+from quantum_trader.runtime import metrics
 from quantum_trader.runtime.service import ComponentContext, Service
 
 IN_FLIGHT_TTL_SECONDS = 7 * 86400
@@ -60,12 +97,42 @@ STALE_SCAN_SECONDS = 60.0
 EXCHANGE_RETRY_FIRST_SECONDS = 0.5
 EXCHANGE_RETRY_MAX_SECONDS = 30.0
 """an exchange unreachable at start is tried again after 0.5 s, doubling up to 30 s"""
+DLQ_RELEASE_SECONDS = 1.0
+"""how often apply-layer looks at its DLQ for reservations to release"""
+DLQ_RELEASE_BATCH = 100
+APPROVAL_ID_PREFIX = "apr:"
+"""the governor's approval envelope id is ``apr:<plan id>`` (governor.approval_id)"""
+DEFAULT_IN_FLIGHT = 4
+"""orders one process has in flight at most (``QT_APPLY_IN_FLIGHT``: 1 to ``MAX_IN_FLIGHT``)"""
+MAX_IN_FLIGHT = 16
+WORKER_BATCH = 5
+"""approvals a worker consumer reads at a time: few, so the approvals are spread over the consumers"""
+WORKER_POLL_MS = 200
 RATE_READ_INTERVAL_SECONDS = {"paper": 0.0, "testnet": 2.0, "live": 2.0}
 """Binance weighs GET /fapi/v1/commissionRate 20 (of 2,400 a minute per IP): against a real exchange,
 reading ahead is paced to one request every 2 s (a quarter of the budget); a symbol's first fill
 reads its rate at once if it is still unknown"""
 
 
+def in_flight_setting(raw: str | None) -> int:
+    """``QT_APPLY_IN_FLIGHT`` as a count of orders in flight: unset is the default, else 1..MAX_IN_FLIGHT."""
+    if raw is None or not raw.strip():
+        return DEFAULT_IN_FLIGHT
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_IN_FLIGHT:
+        raise ValueError(f"QT_APPLY_IN_FLIGHT must be 1..{MAX_IN_FLIGHT}, got {raw!r}")
+    return int(raw)
+
+
+def dead_lettered_plan(record: dict[str, str]) -> str | None:
+    """The plan id of a dead-lettered approval (a ``<stream>.dlq`` record's ``orig.id``), or None when
+    the entry cannot be tied to a plan: no readable envelope id, or not the governor's ``apr:<plan id>``."""
+    message_id = record.get("orig.id")
+    if message_id is None or not message_id.startswith(APPROVAL_ID_PREFIX):
+        return None
+    plan_id = message_id.removeprefix(APPROVAL_ID_PREFIX)
+    if not plan_id or len(plan_id) > 200 or not plan_id.isprintable() or not plan_id.isascii():
+        return None
+    return plan_id
 
 
 def position_side(raw: bytes | str | None) -> PositionSide | None:
@@ -119,12 +186,87 @@ class ApplyLayer(Service):
         self._next_stale_scan = time.monotonic() + STALE_SCAN_SECONDS
         self._rate_queue: deque[str] = deque()
         """symbols whose commission rate is to be read (they have rules; no rate, or an old one)"""
+        self.in_flight = in_flight_setting(os.environ.get("QT_APPLY_IN_FLIGHT"))
+        self._workers: list[tuple[threading.Thread, StreamConsumer]] = []
+        self._worker_error: BaseException | None = None
+        self._count_lock = threading.Lock()
+        self._symbols_lock = threading.Lock()
+        self._symbol_locks: dict[str, threading.Lock] = {}
+        self._next_dlq_look = 0.0
+        self._release_group_ready = False
+        self._release_steps: StepRunner | None = None
 
     def handlers(self) -> dict[str, Handler]:
         return {"apply.approved": self.on_approval}
 
     def start(self) -> None:
         self.reach_exchange()
+        self.start_workers()
+
+    # ---- orders in flight side by side ---------------------------------------------------------
+
+    def start_workers(self) -> None:
+        """The consumers beyond the runner's (see the module doc): ``in_flight - 1`` threads."""
+        handlers = self.handlers()
+        for n in range(1, self.in_flight):
+            consumer = StreamConsumer(
+                self.ctx.client,
+                self.ctx.keys,
+                group=self.ctx.name,
+                consumer=f"{self.ctx.pod}~{n}",
+                handlers=handlers,
+                retention=self.ctx.policy.streams,
+                batch=WORKER_BATCH,
+                observer=metrics.observer(self.ctx.name),
+                admission=Admission.for_component(self.ctx.name, list(handlers), self.ctx.policy.symbols),
+            )
+            thread = threading.Thread(target=self._work, args=(consumer,), name=f"apply-worker-{n}", daemon=True)
+            self._workers.append((thread, consumer))
+            thread.start()
+
+    def _work(self, consumer: StreamConsumer) -> None:
+        """A worker's loop: read and handle while the exchange is reachable, until the process stops.
+        A failure of the loop itself (not of a message: the consumer keeps those pending) ends the
+        process through ``idle``, as the runner's loop would."""
+        stop = self.ctx.stop
+        try:
+            while not stop.is_set():
+                if self.accepting():
+                    consumer.poll_once(block_ms=WORKER_POLL_MS)
+                else:
+                    stop.wait(0.05)
+        except BaseException as error:
+            self._worker_error = error
+            self.ctx.log.exception("apply-layer worker failed", extra={"consumer": consumer.consumer})
+
+    def worker_totals(self) -> dict[str, int]:
+        """What the worker consumers did (the runner's heartbeat counts its own consumer only)."""
+        totals = {"processed": 0, "duplicates": 0, "errors": 0, "dead_lettered": 0, "reclaimed": 0}
+        for _, consumer in self._workers:
+            stats = consumer.stats
+            totals["processed"] += stats.processed
+            totals["duplicates"] += stats.duplicates
+            totals["errors"] += stats.errors
+            totals["dead_lettered"] += stats.dead_lettered
+            totals["reclaimed"] += stats.reclaimed
+        return totals
+
+    def _symbol_lock(self, symbol: str) -> threading.Lock:
+        with self._symbols_lock:
+            lock = self._symbol_locks.get(symbol)
+            if lock is None:
+                lock = self._symbol_locks[symbol] = threading.Lock()
+            return lock
+
+    def count(self, name: str, by: float = 1) -> None:
+        with self._count_lock:  # the workers count too
+            super().count(name, by)
+
+    def close(self) -> None:
+        self.ctx.stop.set()
+        for thread, _ in self._workers:
+            thread.join(10)
+        self.exchange.close()
 
     def reach_exchange(self) -> bool:
         """Read the exchange's rules and leverages; True once done. An unreachable exchange is not a
@@ -165,7 +307,17 @@ class ApplyLayer(Service):
         self.leverage.update(current)
 
     def idle(self) -> float | None:
+        if self._worker_error is not None:
+            raise RuntimeError(f"an apply-layer worker failed: {self._worker_error}")
+        for name, value in self.worker_totals().items():
+            self.counters[f"workers_{name}"] = value
         now = time.monotonic()
+        if now >= self._next_dlq_look:
+            self._next_dlq_look = now + DLQ_RELEASE_SECONDS
+            try:
+                self.release_dead_lettered()
+            except redis.RedisError as error:
+                self.ctx.log.warning("dead-lettered approvals not looked at", extra={"error": str(error)})
         if not self._started:
             if now < self._next_exchange_try or not self.reach_exchange():
                 return max(0.05, self._next_exchange_try - time.monotonic())
@@ -186,6 +338,86 @@ class ApplyLayer(Service):
             self._next_filters = now + self._filters_wait
         self.warm_rates(IDLE_WARM_SECONDS)
         return None
+
+    # ---- reservations of dead-lettered approvals -------------------------------------------------
+
+    @property
+    def release_group(self) -> str:
+        return f"{self.ctx.name}.release"
+
+    def release_dead_lettered(self) -> int:
+        """Release what the governor holds for dead-lettered approvals (module doc); returns how many.
+
+        Each DLQ entry is handled once (its own exactly-once step, acked in the release group); one
+        whose step conflicted (a lock moved meanwhile) stays pending and is looked at again.
+        """
+        keys, client = self.ctx.keys, self.ctx.client
+        dlq = keys.dlq("apply.approved")
+        if not self._release_group_ready:
+            try:
+                client.xgroup_create(dlq, self.release_group, id="0", mkstream=True)
+            except redis.ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+            retention = self.ctx.policy.streams
+            self._release_steps = StepRunner(
+                client, keys, self.release_group, retention.max_len, retention.done_ttl_seconds
+            )
+            self._release_group_ready = True
+        released = 0
+        for start in ("0", ">"):  # what conflicted last time, then what is new
+            reply = client.xreadgroup(self.release_group, self.ctx.pod, {dlq: start}, count=DLQ_RELEASE_BATCH)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    if fields:
+                        released += self._release_one(text(entry_id), text_dict(fields))
+                    else:  # trimmed while pending
+                        client.xack(dlq, self.release_group, entry_id)
+        return released
+
+    def _release_one(self, entry_id: str, record: dict[str, str]) -> int:
+        keys, client = self.ctx.keys, self.ctx.client
+        plan_id = dead_lettered_plan(record)
+        step = Step()
+        if plan_id is None:
+            self.count("dead_letter_unidentified")
+            self.ctx.log.warning("dead-lettered approval names no plan: nothing released", extra={"entry": entry_id})
+        else:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.exists(keys.in_flight(plan_id))
+                pipe.hexists(keys.reservations, plan_id)
+                pipe.hgetall(keys.entry_locks)
+                pipe.hgetall(keys.exit_locks)
+                marked, reserved, entry_locks, exit_locks = pipe.execute()
+            if marked:
+                self.count("dead_letter_reservation_kept")
+                self.ctx.log.warning(
+                    "dead-lettered approval may have been sent: its reservation is kept",
+                    extra={"plan_id": plan_id, "entry": entry_id},
+                )
+            else:
+                if reserved:
+                    step.tally("HDEL", keys.reservations, plan_id, totals=keys.reservations_totals)
+                for locks_key, locks in ((keys.entry_locks, entry_locks), (keys.exit_locks, exit_locks)):
+                    for symbol, holder in text_dict(locks).items():
+                        if holder == plan_id:
+                            step.guard(locks_key, symbol, plan_id)
+                            step.write("HDEL", locks_key, symbol)
+        assert self._release_steps is not None
+        outcome = self._release_steps.run(
+            step,
+            message_id=f"dlq:{entry_id}",
+            input_stream="apply.approved" + DLQ_SUFFIX,
+            group=self.release_group,
+            entry_id=entry_id,
+        )
+        if outcome is StepOutcome.CONFLICT:
+            return 0  # stays pending: the next look reads it again
+        if step.ops and outcome is StepOutcome.DONE:
+            self.count("dead_letter_released")
+            self.ctx.log.info("released the reservation of a dead-lettered approval", extra={"plan_id": plan_id})
+            return 1
+        return 0
 
     def publish_filters(self) -> None:
         """Read the exchange's rules for the allowlist and share them (intent-bridge sizes with them).
@@ -327,7 +559,8 @@ class ApplyLayer(Service):
         if not self._started:  # the rest of a batch read before the exchange went away: left pending
             raise ExchangeError(DISCONNECTED, f"waiting for the exchange: {self._exchange_problem}", retryable=True)
         try:
-            return self._execute(envelope, delivery)
+            with self._symbol_lock(envelope.message.plan.symbol):  # one order per symbol in flight
+                return self._execute(envelope, delivery)
         except ExchangeError as error:
             if error.code == DISCONNECTED:
                 self.lost_exchange(error)
