@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from quantum_trader.data.klines import INTERVALS
 from quantum_trader.data.live import (
+    HALT_REASSERT_MS,
     Action,
     FeedDown,
     KlineEvent,
     LiveDataError,
     MarkPriceEvent,
+    StaleHold,
     interval_name,
     kline_from_rest,
     next_step,
@@ -37,6 +40,10 @@ def test_stream_names_follow_binance_and_are_sorted():
 @pytest.mark.parametrize(("ms", "name"), [(0, "1m"), (60_000, "1m"), (3_600_000, "1h"), (300_000, "5m")])
 def test_interval_from_bar_length(ms, name):
     assert interval_name(ms) == name
+
+
+def test_every_fixed_kline_interval_is_found_by_its_length():
+    assert {interval_name(length): length for length in INTERVALS.values()} == INTERVALS
 
 
 def test_a_bar_length_binance_has_no_interval_for_is_refused():
@@ -151,3 +158,27 @@ def test_market_data_keeps_prices_for_held_symbols_off_the_allowlist() -> None:
         "ADAUSDT",
         "SOLUSDT",
     ]
+
+
+def test_the_stale_hold_engages_at_once_and_is_reasserted_at_most_once_a_second():
+    hold = StaleHold()
+    assert not hold.engaged
+    written = [t for t in range(10_000, 13_000, 50) if hold.due(t)]  # market-data's 50 ms idle loop, stale for 3 s
+    assert written == [10_000, 11_000, 12_000]
+    assert hold.engaged
+
+
+def test_a_released_hold_engages_at_once_when_the_feed_goes_stale_again():
+    hold = StaleHold()
+    assert hold.due(10_000)
+    hold.release()
+    assert not hold.engaged
+    assert hold.due(10_050), "fresh, then stale again 50 ms later: held at once, not a second later"
+    assert not hold.due(10_100)
+
+
+def test_a_clock_stepping_back_reasserts_the_halt_rather_than_waiting():
+    hold = StaleHold(reassert_ms=HALT_REASSERT_MS)
+    assert hold.due(50_000)
+    assert hold.due(20_000), "the wall clock went back: re-assert now, never wait for the old time to come again"
+    assert not hold.due(20_500)

@@ -13,8 +13,10 @@ first message after the reconnect, not only at the next bar close.
 
 Freshness (``stale_reasons``): the feed is fresh only when the websocket is up, every symbol has
 been heard from within ``stale_after_ms`` and no symbol waits for a backfill. Anything else is
-stale and market-data holds signals (see ``services.market_data``). Nothing here reads a clock:
-times come in as arguments, so every rule is tested without sleeping.
+stale and market-data holds signals (see ``services.market_data``). ``StaleHold`` says when the
+halt that holds them is written: at once when the feed goes stale, then re-asserted at most once
+per ``HALT_REASSERT_MS`` while it stays stale. Nothing here reads a clock: times come in as
+arguments, so every rule is tested without sleeping.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from quantum_trader.data.errors import DataError
-from quantum_trader.data.klines import Kline, interval_ms
+from quantum_trader.data.klines import INTERVALS, Kline, interval_ms
 
 SOURCE_STREAM = "live"
 SOURCE_BACKFILL = "live:backfill"
@@ -82,7 +84,7 @@ def interval_name(bar_interval_ms: int) -> str:
     """The Binance interval of a bar length in ms (``60000`` -> ``1m``); 0 means one minute."""
     if bar_interval_ms == 0:
         return "1m"
-    for name, length in _INTERVALS_BY_LENGTH.items():
+    for name, length in INTERVALS.items():
         if length == bar_interval_ms:
             return name
     raise LiveDataError(f"no Binance kline interval is {bar_interval_ms} ms long (marketData.barIntervalMs)")
@@ -266,5 +268,36 @@ def stale_reasons(
     return reasons
 
 
-_INTERVALS_BY_LENGTH = {name: interval_ms(name) for name in ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h",
-                                                              "6h", "8h", "12h", "1d", "3d", "1w")}  # fmt: skip
+HALT_REASSERT_MS = 1_000
+"""while the feed stays stale, its halt is written again at most this often: a person's ``qt killswitch
+release`` clears every halt, and stale data must hold entries again within a second; market-data's idle
+loop (every 50 ms) writing it each time would be twenty Redis writes a second for nothing new"""
+
+
+@dataclass
+class StaleHold:
+    """When market-data writes the halt that holds entries while the feed is stale.
+
+    ``due`` on every assessment the feed is stale: True at once when the hold engages, then once per
+    ``reassert_ms`` while it lasts (the caller writes the halt, with the newest reason, each time it
+    is True). ``release`` when the feed is fresh again and the caller lifted the halt: the next stale
+    assessment engages the hold at once again.
+    """
+
+    reassert_ms: int = HALT_REASSERT_MS
+    asserted_ms: int | None = None
+    """when the halt was last written; None while the hold is released"""
+
+    @property
+    def engaged(self) -> bool:
+        return self.asserted_ms is not None
+
+    def due(self, now_ms: int) -> bool:
+        """The feed is stale at ``now_ms``: must the halt be written now?"""
+        if self.asserted_ms is not None and 0 <= now_ms - self.asserted_ms < self.reassert_ms:
+            return False
+        self.asserted_ms = now_ms
+        return True
+
+    def release(self) -> None:
+        self.asserted_ms = None
