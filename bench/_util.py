@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -70,13 +71,11 @@ def machine() -> dict[str, object]:
     repo = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+        return _git(repo, *args)
 
     return {
         "git_commit": git("rev-parse", "--short", "HEAD"),
+        "measured_code": measured_code(),
         "service_code_modified": bool(git("status", "--porcelain", "--", "components")),
         "cpus": os.cpu_count(),
         "cpu_model": model,
@@ -84,6 +83,27 @@ def machine() -> dict[str, object]:
         "platform": platform.platform(),
         "redis_server": redis_version,
     }
+
+
+def measured_code() -> dict[str, object]:
+    """Which components the component processes import: the bench's own checkout, or another one named
+    first on ``PYTHONPATH`` (a "before" clone). The processes inherit this process's environment, so
+    what this process imports is what they import."""
+    import quantum_trader
+
+    package = Path(quantum_trader.__file__).resolve().parent
+    return {
+        "components_path": str(package),
+        "commit": _git(package, "rev-parse", "--short", "HEAD"),
+        "components_modified": bool(_git(package, "status", "--porcelain", "--", ".")),
+    }
+
+
+def _git(cwd: Path, *args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def machine_busy_seconds() -> float:
@@ -120,7 +140,38 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def numeric(text: str) -> bool:
         return text.replace(",", "").replace(".", "", 1).lstrip("-").isdigit() or text in ("nan", "-", "None")
 
-    lines = ["  ".join(c.rjust(w) if numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(c.rjust(w) if numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def uptime() -> str:
+    """``uptime``'s figures: the machine's load average over 1, 5 and 15 minutes, and when."""
+    one, five, fifteen = os.getloadavg()
+    return f"{time.strftime('%H:%M:%S', time.gmtime())} UTC load average: {one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+def result_header(benchmark: str, started: float, uptime_before: str, method: str | None) -> dict[str, object]:
+    """What every results file starts with: which bench, when, how long, the load before and after, where."""
+    return {
+        "benchmark": benchmark,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runtime_s": round(time.monotonic() - started, 1),
+        "uptime_before": uptime_before,
+        "uptime_after": uptime(),
+        "machine": machine(),
+        "method": method,
+    }
+
+
+def add_wait_quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each phase wait up to S seconds for the machine to be under 15%% busy",
+    )

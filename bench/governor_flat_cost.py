@@ -18,6 +18,7 @@ Results: a table on stdout and ``bench/results/governor_flat_cost.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -123,11 +124,8 @@ def measure(client: redis.Redis, level: Level, first: int, count: int) -> None:
     level.script_usec.append((usec1 - usec0) / max(1, calls1 - calls0))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.governor_flat_cost", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
-    args = parser.parse_args(argv)
-    rounds = 2 if args.quick else ROUNDS
+def run(rounds: int = ROUNDS) -> list[dict]:
+    """Every level measured in ``rounds`` interleaved rounds, on a redis-server of its own; one row per level."""
     server = start_redis()
     try:
         client = redis.Redis.from_url(server.url)
@@ -150,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["script_usec_per_plan_median"] or 1.0
     for row in rows:
         row["ratio_to_empty"] = round(row["script_usec_per_plan_median"] / base, 2)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.governor_flat_cost", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
+    parser.add_argument("--output", default=None, metavar="NAME", help="results file bench/results/NAME.json")
+    args = parser.parse_args(argv)
+    rounds = 2 if args.quick else ROUNDS
+    rows = run(rounds)
     print(
         table(
             ["open + reserved (each)", "script µs/plan (median)", "x empty", "rounds", "round trip p50 µs", "p99"],
@@ -167,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     path = write_results(
-        "governor_flat_cost" + ("-quick" if args.quick else ""),
+        args.output or ("governor_flat_cost" + ("-quick" if args.quick else "")),
         {
             "benchmark": "governor_flat_cost",
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "plans_per_round": PLANS,
             "rounds": rounds,
             "levels": rows,

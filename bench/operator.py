@@ -71,7 +71,16 @@ import redis
 from kubernetes import client as k8s_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench._util import machine, machine_busy_seconds, start_redis, summary, table, wait_for_quiet, write_results
+from bench._util import (
+    add_wait_quiet_option,
+    machine,
+    machine_busy_seconds,
+    start_redis,
+    summary,
+    table,
+    wait_for_quiet,
+    write_results,
+)
 from harness import operator_process as support
 from harness.kube_emulator import EmulatorThread
 from quantum_trader.bus.control import read_acks, read_control
@@ -972,13 +981,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="after the memory sample, S more seconds of RSS samples (2 policy timer rounds; quick 0)",
     )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="before each phase wait up to S seconds for the machine to be under 15%% busy",
-    )
+    add_wait_quiet_option(parser)
     parser.add_argument("--seed", type=int, default=1, help="random phase of the kill-switch engages")
     parser.add_argument(
         "--output",

@@ -68,6 +68,7 @@ import psutil
 import redis
 
 from bench._util import (
+    add_wait_quiet_option,
     machine,
     machine_busy_seconds,
     percentile,
@@ -129,8 +130,11 @@ PACED = ((25, 250), (100, 1_000), (200, 1_000))  # (intents/s, intents)
 MAXLEN = 200_000
 
 
-def policy(symbols: list[str], apply_replicas: int = 1) -> dict:
-    """Every intent on a fresh symbol is approved: limits at (or far above) what a phase needs, no cooldown."""
+def policy(symbols: list[str], replicas: dict[str, int]) -> dict:
+    """Every intent on a fresh symbol is approved: limits at (or far above) what a phase needs, no cooldown.
+
+    ``replicas``: component -> replicas, for the components that run more than one.
+    """
     return {
         "symbols": symbols,
         "risk": {
@@ -144,8 +148,16 @@ def policy(symbols: list[str], apply_replicas: int = 1) -> dict:
         },
         "streams": {"maxLen": MAXLEN},
         "simulator": {"startingBalance": 1_000_000_000},
-        "components": {"apply-layer": {"replicas": apply_replicas}},
+        "components": {component: {"replicas": n} for component, n in replicas.items()},
     }
+
+
+def replicas_label(replicas: dict[str, int]) -> str:
+    """``x2`` when only apply-layer has more than one replica, else e.g. ``apply-layer x2, governor x2``."""
+    more = {component: n for component, n in sorted(replicas.items()) if n != 1}
+    if set(more) <= {"apply-layer"}:
+        return f"x{replicas.get('apply-layer', 1)}"
+    return ", ".join(f"{component} x{n}" for component, n in more.items())
 
 
 def symbols_for(count: int) -> list[str]:
@@ -236,7 +248,7 @@ first sets leverage, as the benchmark of commit 709a232 measured"""
 
 
 @contextmanager
-def running_stack(redis_url: str, workdir: Path, symbols: list[str], apply_replicas: int = 1) -> Iterator[Stack]:
+def running_stack(redis_url: str, workdir: Path, symbols: list[str], replicas: dict[str, int]) -> Iterator[Stack]:
     """A fresh instance: ticks first, the simulator until it knows every price, then the other components.
 
     Unless ``--cold-leverage``, every symbol's leverage is set on the simulator to the intents' before
@@ -251,7 +263,7 @@ def running_stack(redis_url: str, workdir: Path, symbols: list[str], apply_repli
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         for attempt in range(3):
-            stack = _start(r, redis_url, workdir, symbols, apply_replicas)
+            stack = _start(r, redis_url, workdir, symbols, replicas)
             try:
                 _wait_started(stack, symbols)
                 break
@@ -268,10 +280,10 @@ def running_stack(redis_url: str, workdir: Path, symbols: list[str], apply_repli
         r.close()
 
 
-def _start(r: redis.Redis, redis_url: str, workdir: Path, symbols: list[str], apply_replicas: int) -> Stack:
+def _start(r: redis.Redis, redis_url: str, workdir: Path, symbols: list[str], replicas: dict[str, int]) -> Stack:
     instance = f"bench{int(time.time() * 1000) % 10**9}"
     r.flushall()
-    spec = parse_policy(policy(symbols, apply_replicas))
+    spec = parse_policy(policy(symbols, replicas))
     supervisor = Supervisor(spec, redis_url, instance=instance, workdir=workdir / instance, only=EXECUTOR)
     supervisor.prepare()
     stack = Stack(supervisor, r, supervisor.keys)
@@ -451,27 +463,123 @@ class RedisMeter:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def _read(self) -> tuple[dict[str, int], int]:
+    def _read(self) -> tuple[dict[str, int], int, dict[str, int]]:
         stats = self.client.info("commandstats")
         calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-        return calls, int(self.client.info("stats")["total_reads_processed"])
+        usec = {name.removeprefix("cmdstat_"): int(v["usec"]) for name, v in stats.items()}
+        return calls, int(self.client.info("stats")["total_reads_processed"]), usec
 
     def start(self) -> RedisMeter:
-        self.calls, self.reads = self._read()
+        self.calls, self.reads, self.usec = self._read()
         return self
 
     def stop(self, orders: int) -> dict:
-        calls, reads = self._read()
+        calls, reads, usec_now = self._read()
         delta = {k: n - self.calls.get(k, 0) for k, n in calls.items() if n - self.calls.get(k, 0) > 0}
         for name in ("info",):  # this meter's own
             delta.pop(name, None)
         total = sum(delta.values())
         top = sorted(delta.items(), key=lambda item: -item[1])[:12]
+        usec = {k: v - self.usec.get(k, 0) for k, v in usec_now.items() if v - self.usec.get(k, 0) > 0}
+        usec.pop("info", None)
+        usec_total = sum(usec.values()) or 1
+        busiest = sorted(usec.items(), key=lambda item: -item[1])[:8]
         return {
             "commands_per_order": round(total / orders, 1),
             "round_trips_per_order": round((reads - self.reads - 2) / orders, 1),
             "top_commands_per_order": {k: round(n / orders, 2) for k, n in top},
+            "command_usec_per_order": round(sum(usec.values()) / orders, 1),
+            "command_time_share_pct": {k: round(100 * v / usec_total, 1) for k, v in busiest},
         }
+
+
+SEND_COUNTER_DIR = Path(__file__).resolve().parent / "redis_sends"
+"""holds the ``sitecustomize`` that makes every component process count its requests to Redis"""
+
+
+class SendMeter:
+    """Round trips to Redis per order, counted in each component process (``bench/redis_sends``).
+
+    ``send_dir`` is ``$BENCH_REDIS_SEND_DIR``: one 8-byte counter per pid, written by the process. A
+    process that has no counter file (the sitecustomize was not loaded) is reported as missing, never
+    as zero. Heartbeats, control reads and blocking reads while a consumer is idle are in the counts;
+    ``idle_per_s`` (measured before the phase's first intent) says how much that is.
+    """
+
+    def __init__(self, send_dir: Path, pids: dict[str, int]) -> None:
+        self.send_dir = send_dir
+        self.pids = {pod: pid for pod, pid in pids.items() if pod not in ("redis-server", "bench (injector)")}
+
+    def _read(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for pod, pid in self.pids.items():
+            try:
+                out[pod] = int.from_bytes((self.send_dir / str(pid)).read_bytes()[:8], "little")
+            except OSError:
+                out[pod] = None
+        return out
+
+    def idle(self, seconds: float = 1.0) -> dict[str, float]:
+        """Round trips per second of each component while nothing is sent (heartbeats, idle polls)."""
+        before, t0 = self._read(), time.perf_counter()
+        time.sleep(seconds)
+        after, wall = self._read(), time.perf_counter() - t0
+        return {
+            pod: round((after[pod] - before[pod]) / wall, 1)
+            for pod in self.pids
+            if after[pod] is not None and before[pod] is not None
+        }
+
+    def start(self) -> SendMeter:
+        self.idle_per_s = self.idle()
+        self.before = self._read()
+        self.t0 = time.perf_counter()
+        return self
+
+    def stop(self, orders: int) -> dict:
+        after, wall = self._read(), time.perf_counter() - self.t0
+        missing = sorted(pod for pod in self.pids if after[pod] is None or self.before[pod] is None)
+        per_component: dict[str, int] = {}
+        idle: dict[str, float] = {}
+        for pod in self.pids:
+            if pod in missing:
+                continue
+            component = pod.rsplit("-", 1)[0]
+            per_component[component] = per_component.get(component, 0) + after[pod] - self.before[pod]
+            idle[component] = idle.get(component, 0.0) + self.idle_per_s.get(pod, 0.0)
+        total = sum(per_component.values())
+        idle_total = sum(idle.values()) * wall
+        return {
+            "round_trips_per_order": round(total / orders, 2) if not missing else None,
+            "per_component": {k: round(v / orders, 2) for k, v in sorted(per_component.items(), key=lambda i: -i[1])},
+            "idle_round_trips_per_s": {k: round(v, 1) for k, v in idle.items()},
+            "idle_rate_times_window_per_order": round(idle_total / orders, 2),
+            "missing_counters": missing,
+        }
+
+
+class MeasuredWindow:
+    """CPU of every process, Redis's counters and each component's round trips over one phase."""
+
+    def __init__(self, stack: Stack) -> None:
+        pids = stack.pids()
+        send_dir = os.environ.get("BENCH_REDIS_SEND_DIR")
+        self.sends = SendMeter(Path(send_dir), pids) if send_dir else None
+        self.cpu = CpuMeter(pids)
+        self.redis = RedisMeter(stack.r)
+
+    def start(self) -> MeasuredWindow:
+        if self.sends:
+            self.sends.start()
+        self.cpu.start()
+        self.redis.start()
+        return self
+
+    def stop(self, orders: int) -> dict:
+        out = {"cpu": self.cpu.stop(orders), "redis": self.redis.stop(orders)}
+        if self.sends:
+            out["redis_sends"] = self.sends.stop(orders)
+        return out
 
 
 # ---- collection and checks ----------------------------------------------------------------------
@@ -613,65 +721,69 @@ def by_open_positions(rows: list[dict], buckets: int = 4) -> list[dict]:
 # ---- phases -------------------------------------------------------------------------------------
 
 
-def paced_phase(redis_url: str, workdir: Path, rate: float, seconds: float, apply_replicas: int = 1) -> dict:
+def paced_phase(
+    redis_url: str, workdir: Path, rate: float, seconds: float, replicas: dict[str, int] | None = None
+) -> dict:
+    replicas = replicas or {}
     count = int(rate * seconds)
     symbols = symbols_for(count)
-    with running_stack(redis_url, workdir, symbols, apply_replicas) as stack:
+    with running_stack(redis_url, workdir, symbols, replicas) as stack:
         intents = make_intents(symbols, f"p{int(rate)}")
-        cpu = CpuMeter(stack.pids()).start()
-        commands = RedisMeter(stack.r).start()
+        window = MeasuredWindow(stack).start()
         elapsed = inject_paced(stack, intents, rate)
         wait_done(stack, count, 300)
-        cpu_report = cpu.stop(count)
-        redis_report = commands.stop(count)
+        reports = window.stop(count)
         collected = collect(stack, intents)
     rows = collected["rows"]
     if not rows:
         raise BenchError(f"no complete order: {collected['correctness']}")
+    label = replicas_label(replicas)
     return {
-        "phase": f"paced {rate:g}/s" + (f" x{apply_replicas}" if apply_replicas > 1 else ""),
+        "phase": f"paced {rate:g}/s" + (f" {label}" if label != "x1" else ""),
         "kind": "paced",
         "rate_per_s": rate,
         "intents": count,
-        "apply_layer_replicas": apply_replicas,
+        "apply_layer_replicas": replicas.get("apply-layer", 1),
+        "replicas": replicas,
         "injected_in_s": round(elapsed, 3),
         "achieved_rate_per_s": round(count / elapsed, 1),
         "latency": latency_report(rows),
         "by_open_positions": by_open_positions(rows),
         "throughput": throughput_report(rows),
-        "cpu": cpu_report,
-        "redis": redis_report,
+        **reports,
         "correctness": collected["correctness"],
     }
 
 
-def burst_phase(redis_url: str, workdir: Path, count: int, apply_replicas: int, profile: bool = False) -> dict:
+def burst_phase(
+    redis_url: str, workdir: Path, count: int, replicas: dict[str, int] | None = None, profile: bool = False
+) -> dict:
+    replicas = replicas or {}
     symbols = symbols_for(count)
-    with running_stack(redis_url, workdir, symbols, apply_replicas) as stack:
-        intents = make_intents(symbols, f"s{apply_replicas}")
+    label = replicas_label(replicas)
+    with running_stack(redis_url, workdir, symbols, replicas) as stack:
+        intents = make_intents(symbols, "s" + "".join(ch for ch in label if ch.isalnum())[:12])
         spies = start_profilers(stack, workdir) if profile else {}
-        cpu = CpuMeter(stack.pids()).start()
-        commands = RedisMeter(stack.r).start()
+        window = MeasuredWindow(stack).start()
         elapsed = inject_burst(stack, intents)
         wait_done(stack, count, 300)
-        cpu_report = cpu.stop(count)
-        redis_report = commands.stop(count)
+        reports = window.stop(count)
         profiles = stop_profilers(spies) if profile else {}
         collected = collect(stack, intents)
     rows = collected["rows"]
     if not rows:
         raise BenchError(f"no complete order: {collected['correctness']}")
     return {
-        "phase": f"burst x{apply_replicas}" + (" (profiled)" if profile else ""),
+        "phase": f"burst {label}" + (" (profiled)" if profile else ""),
         "kind": "profile" if profile else "burst",
         "intents": count,
-        "apply_layer_replicas": apply_replicas,
+        "apply_layer_replicas": replicas.get("apply-layer", 1),
+        "replicas": replicas,
         "injected_in_s": round(elapsed, 3),
         "throughput": throughput_report(rows),
         "by_open_positions": by_open_positions(rows),
         "latency": latency_report(rows),
-        "cpu": cpu_report,
-        "redis": redis_report,
+        **reports,
         "correctness": collected["correctness"],
         **({"profile": profiles} if profile else {}),
     }
@@ -804,8 +916,10 @@ def stop_profilers(spies: dict[str, tuple[subprocess.Popen, Path]], top: int = 1
 
 
 def summarize_collapsed(path: Path, top: int) -> dict:
-    """Share of samples per function: inclusive (our code only, below the consumer loop) and self (any code)."""
+    """Share of samples per function: inclusive (our code only, below the consumer loop), inclusive (any code,
+    libraries' included, leaving out the frames in nearly every sample: the main loop), and self (any code)."""
     inclusive: dict[str, int] = {}
+    anywhere: dict[str, int] = {}  # any code's functions, libraries' included
     own: dict[str, int] = {}
     total = 0
     loop = {
@@ -826,15 +940,22 @@ def summarize_collapsed(path: Path, top: int) -> dict:
         ours = {frame_name(f) for f in frames if "quantum_trader" in f} - loop
         for name in ours:
             inclusive[name] = inclusive.get(name, 0) + count
+        for name in {frame_name(f) for f in frames} - loop:
+            anywhere[name] = anywhere.get(name, 0) + count
         if frames:
             name = frame_name(frames[-1])
             own[name] = own.get(name, 0) + count
 
-    def ranked(counts: dict[str, int]) -> list[list]:
-        best = sorted(counts.items(), key=lambda item: -item[1])[:top]
+    def ranked(counts: dict[str, int], limit: int = top) -> list[list]:
+        best = sorted(counts.items(), key=lambda item: -item[1])[:limit]
         return [[name, round(100 * n / total, 1)] for name, n in best]
 
-    return {"samples": total, "inclusive_pct": ranked(inclusive), "self_pct": ranked(own)}
+    return {
+        "samples": total,
+        "inclusive_pct": ranked(inclusive),
+        "inclusive_any_code_pct": ranked({k: n for k, n in anywhere.items() if n < 0.95 * total}, 2 * top),
+        "self_pct": ranked(own),
+    }
 
 
 def frame_name(frame: str) -> str:
@@ -844,6 +965,24 @@ def frame_name(frame: str) -> str:
 
 
 # ---- main ---------------------------------------------------------------------------------------
+
+
+def bench_environment() -> Path:
+    """A work directory for one bench run, and the environment every component process inherits.
+
+    State and the simulator's order log go to the work directory (never the user's run.json), and the
+    components count their Redis round trips (``bench/redis_sends``): its directory first on
+    ``PYTHONPATH``, ahead of whatever ``PYTHONPATH`` already names (say another checkout's components).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="qt-bench-"))
+    os.environ["QT_STATE_DIR"] = str(workdir / "state")
+    os.environ["QT_SIM_ORDER_LOG"] = str(workdir / "orders.jsonl")
+    sends = workdir / "redis-sends"
+    sends.mkdir()
+    os.environ["BENCH_REDIS_SEND_DIR"] = str(sends)
+    path = [str(SEND_COUNTER_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(path)
+    return workdir
 
 
 def print_tables(phases: list[dict]) -> None:
@@ -919,13 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="an extra burst (1 replica) under py-spy; its numbers are not the measured ones",
     )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="before each phase wait up to S seconds for the machine to be under 15%% busy",
-    )
+    add_wait_quiet_option(parser)
     parser.add_argument(
         "--paced-replicas",
         type=int,
@@ -966,9 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
     replicas = (1, 2) if args.quick else (1, 2, 4)
     if args.burst_replicas:
         replicas = tuple(int(n) for n in args.burst_replicas.split(","))
-    workdir = Path(tempfile.mkdtemp(prefix="qt-bench-"))
-    os.environ["QT_STATE_DIR"] = str(workdir / "state")  # never the user's run.json
-    os.environ["QT_SIM_ORDER_LOG"] = str(workdir / "orders.jsonl")
+    workdir = bench_environment()
     server = start_redis()
     started = time.monotonic()
     phases: list[dict] = []
@@ -994,12 +1125,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.monotonic() - started:5.1f}s] read_state cost measured", flush=True)
         if "paced" in wanted:
             for rate, n in paced:
-                run(lambda rate=rate, n=n: paced_phase(server.url, workdir, rate, n / rate, args.paced_replicas))
+                run(
+                    lambda rate=rate, n=n: paced_phase(
+                        server.url, workdir, rate, n / rate, {"apply-layer": args.paced_replicas}
+                    )
+                )
         if "burst" in wanted:
             for k in replicas:
-                run(lambda k=k: burst_phase(server.url, workdir, count, k))
+                run(lambda k=k: burst_phase(server.url, workdir, count, {"apply-layer": k}))
         if args.profile:
-            run(lambda: burst_phase(server.url, workdir, count, 1, profile=True))
+            run(lambda: burst_phase(server.url, workdir, count, {}, profile=True))
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)

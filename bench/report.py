@@ -1,4 +1,9 @@
-"""Markdown tables from ``bench/results/*.json``, for docs/BENCHMARKS.md: ``python -m bench.report``."""
+"""Markdown tables from ``bench/results/*.json``, for docs/BENCHMARKS.md.
+
+``python -m bench.report [NAME ...]`` prints each results file's tables; ``python -m bench.report compare
+BEFORE AFTER`` prints the goal table of two ``bench.order_path`` results files side by side (``compare NAME``:
+the two sides of one ``--same-run-before`` file).
+"""
 
 from __future__ import annotations
 
@@ -108,16 +113,126 @@ def profile_tables(data: dict, top: int = 8) -> str:
     return "\n\n".join(out)
 
 
+GOAL_NAMES = {
+    "throughput": "Throughput, 1,000-order burst, 1 replica each: >= 35 % of passthrough and >= 1,000/s",
+    "cpu_per_order": "CPU per order, all processes: <= 1.0 ms (reference) or <= 25 % of before",
+    "latency_paced_200": "Latency paced at 200/s: e2e p99 < 20 ms",
+    "latency_half_saturating": "Latency at half the saturating rate: e2e p99 < 10 ms",
+    "redis_commands_per_order": "Redis commands per order <= 30",
+    "round_trips_per_order": "Round trips per order <= 5",
+    "governor_flat_cost": "Governor script time at 2,000 open + 2,000 reserved <= 1.2 x none",
+}
+
+
+def goal_cell(name: str, goal: dict, passthrough: float) -> str:
+    """One goal's figure with its machine-independent form."""
+    figure = goal["figure"]
+    if name == "throughput":
+        return f"{fmt(figure)} orders/s = {100 * goal['ratio_to_passthrough']:.1f} % of {fmt(passthrough)}"
+    if name == "cpu_per_order":
+        return f"{fmt(figure, 2)} ms = {fmt(goal['in_passthrough_periods'])} periods"
+    if name.startswith("latency"):
+        rate = goal.get("rate_per_s") or goal.get("achieved_rate_per_s")
+        return (
+            f"p50 {fmt(goal['p50'])} / p99 {fmt(figure)} ms = {fmt(goal['in_passthrough_periods'])} periods"
+            f" (at {fmt(rate)}/s)"
+        )
+    if name == "redis_commands_per_order":
+        return f"{fmt(figure)} (paced 200/s: {fmt(goal['paced_200'])})"
+    if name == "round_trips_per_order":
+        return (
+            f"{fmt(figure, 2)} burst, {fmt(goal['paced_200'], 2)} paced 200/s"
+            f" (server reads {fmt(goal['server_reads_burst'])} / {fmt(goal['server_reads_paced_200'])})"
+        )
+    return f"{fmt(figure, 2)} x"
+
+
+def compare_tables(before: dict, after: dict) -> str:
+    """The goal table of two ``bench.order_path`` runs, and their CPU per order per process."""
+    rows = []
+    base_b, base_a = before["passthrough_msg_per_s"]["median"], after["passthrough_msg_per_s"]["median"]
+    for name, title in GOAL_NAMES.items():
+        b, a = before["goals"][name], after["goals"][name]
+        met = "yes" if a["met"] else "no"
+        if name == "cpu_per_order":
+            share = a["figure"] / b["figure"]
+            met = f"{'yes' if a['met'] or share <= 0.25 else 'no'} (after / before = {100 * share:.0f} %)"
+        rows.append([title, goal_cell(name, b, base_b), goal_cell(name, a, base_a), met])
+    out = [md(["goal", "before", "after", "met"], rows, left=4)]
+    names = list(
+        dict.fromkeys(
+            [*before["goals"]["cpu_per_order"]["per_process_ms"], *after["goals"]["cpu_per_order"]["per_process_ms"]]
+        )
+    )
+    rows = []
+    for process in names:
+        b = before["goals"]["cpu_per_order"]["per_process_ms"].get(process)
+        a = after["goals"]["cpu_per_order"]["per_process_ms"].get(process)
+        rows.append([process, fmt(b, 3), fmt(a, 3), f"{100 * a / b:.0f} %" if a is not None and b else "-"])
+    out.append(md(["process (burst, CPU ms per order)", "before", "after", "after / before"], rows))
+    return "\n\n".join(out)
+
+
+def scaling_table(data: dict) -> str:
+    rows = []
+    for s in data["scaling"]:
+        runs = " / ".join(fmt(rate) for rate in s["orders_per_s_runs"])
+        share = f"{100 * s['ratio_to_passthrough']:.1f} %"
+        rows.append(
+            [
+                s["configuration"],
+                f"{fmt(s['orders_per_s'])} ({runs})",
+                share,
+                fmt(s["speedup_over_x1"], 2),
+                fmt(s["efficiency_per_apply_layer_replica"], 2),
+                fmt(s["cores_busy"], 2),
+                fmt(s["cpu_ms_per_order"], 2),
+                fmt(s["core_bound_ceiling_orders_per_s"]),
+                f"{100 * s['share_of_ceiling']:.0f} %",
+                fmt(s["stage_orders_per_s"]["apply-layer + exchange-sim"]),
+                " / ".join(fmt(c, 2) for c in s["other_processes_cores"]),
+            ]
+        )
+    return md(
+        [
+            "configuration",
+            "orders/s, median (runs)",
+            "of passthrough",
+            "speed-up",
+            "efficiency",
+            "cores busy",
+            "CPU ms/order",
+            "2-core ceiling /s",
+            "of ceiling",
+            "apply stage /s",
+            "others' cores",
+        ],
+        rows,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or ["redis_baseline", "pipeline", "pipeline-profile"]
+    args = argv if argv is not None else sys.argv[1:]
+    if args[:1] == ["compare"] and len(args) in (2, 3):
+        files = [load(name) for name in args[1:]]
+        if any(f is None for f in files):
+            print(f"no results file for one of {args[1:]}")
+            return 2
+        before, after = (files[0]["before"], files[0]["after"]) if len(files) == 1 else files
+        print(compare_tables(before, after))
+        return 0
+    names = args or ["redis_baseline", "pipeline", "pipeline-profile"]
     baseline = load("redis_baseline")
     for name in names:
         data = load(name)
         if data is None:
             print(f"<!-- {name}: no results file -->\n")
             continue
-        print(f"### {name} ({data['measured_at']}, commit {data['machine'].get('git_commit', '?')})\n")
-        if data["benchmark"] == "redis_baseline":
+        code = data["machine"].get("measured_code", {}).get("commit") or data["machine"].get("git_commit", "?")
+        print(f"### {name} ({data['measured_at']}, code at commit {code})\n")
+        if data["benchmark"] == "replica_scaling":
+            print(scaling_table(data))
+        elif data["benchmark"] == "redis_baseline":
             print(redis_tables(data, load("pipeline")))
         elif any("profile" in p for p in data["phases"]):
             print(profile_tables(data))
