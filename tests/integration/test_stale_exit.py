@@ -92,16 +92,18 @@ def test_a_retried_exit_of_a_closed_trade_is_refused_before_any_request(
         # exit-brain's retry for the first trade: same view, a later tick
         stale = exit_brain_plan(first, 4_000)
         send(r, keys, "apply.plan", stale, id=stale.plan_id)
-        wait_for(lambda: result_of(r, stack, stale.plan_id), 30, "the stale exit's result", stack)
 
-        outcome = result_of(r, stack, stale.plan_id)
-        assert outcome["status"] == "SKIPPED", outcome
-        assert outcome["reason"].startswith("no_open_position"), outcome
+        def decisions() -> list[dict]:
+            return [d for d in stream(r, stack, "governor.decision") if d["plan_id"] == stale.plan_id]
+
+        # the governor refuses it (apply-layer's own check before any order is the second line)
+        wait_for(decisions, 30, "the stale exit's decision", stack)
+        [decision] = decisions()
+        assert not decision["approved"] and decision["reasons"] == ["no_open_position"], decision
+        assert result_of(r, stack, stale.plan_id) is None
         assert client_order_id(stale.plan_id) not in {o["clientOrderId"] for o in sim_orders(stack)}
-        decisions = [d for d in stream(r, stack, "governor.decision") if d["plan_id"] == stale.plan_id]
-        assert len(decisions) == 1
-        # the second trade is untouched, and its own exit still works (the lock was released)
-        wait_for(lambda: not r.hget(keys.exit_locks, SYMBOL), 30, "the stale exit's lock to be released", stack)
+        # the second trade is untouched, and its own exit still works (the stale one held no lock)
+        assert not r.hget(keys.exit_locks, SYMBOL)
         now = watched_view(r, keys)
         assert (now.side, now.qty, now.opened_at) == (second.side, second.qty, second.opened_at)
         own = exit_brain_plan(second, 5_000)

@@ -13,8 +13,10 @@
 -- KEYS[5]  reservations (plan_id -> notional)   KEYS[11] stream apply.approved
 -- KEYS[6]  entry_locks  (symbol -> plan_id)     KEYS[12] stream governor.decision
 -- KEYS[13] open_positions totals (sum, count)   KEYS[14] reservations totals (sum, count)
+-- KEYS[15] position:<symbol> (side, opened_at: which trade is open)
 -- ARGV[1]  JSON, every number as a string (no float formatting surprises):
 --   group, entry_id, ttl, maxlen, kind, symbol, plan_id, time, notional, leverage, allowlisted ("1"/"0"),
+--   closes (an exit: the position side it closes), opened_at (an exit: its trade's opened_at, or ""),
 --   max_leverage, max_per_trade, max_total, max_open, per_hour, per_5m, cooldown_ms,
 --   hour_ms, five_ms, trim_ms, tolerance,
 --   approval, decision: flat [field, value, ...] envelopes built in Python (decision with the approved data);
@@ -129,8 +131,17 @@ local function entry_reason(t, notional)
   return nil
 end
 
+-- The open position is another trade than the one the exit is for (execution/gateway.py other_trade,
+-- which apply-layer checks again before any order): it is on the side the exit does not close, or it
+-- opened at another time than the plan names. For that exit no position is open.
+local function other_trade()
+  local held = redis.call('HMGET', KEYS[15], 'side', 'opened_at')
+  if held[1] and held[1] ~= 'FLAT' and held[1] ~= p.closes then return true end
+  return p.opened_at ~= '' and held[2] ~= false and held[2] ~= p.opened_at
+end
+
 local function exit_reason()
-  if redis.call('HEXISTS', KEYS[8], p.symbol) == 0 then return 'no_open_position' end
+  if redis.call('HEXISTS', KEYS[8], p.symbol) == 0 or other_trade() then return 'no_open_position' end
   if redis.call('HEXISTS', KEYS[7], p.symbol) == 1 then return 'exit_in_flight' end
   return nil
 end

@@ -35,7 +35,16 @@ from quantum_trader.bus.consumer import Delivery, Handler, Prepared, no_done_pre
 from quantum_trader.bus.step import StepOutcome, lua_with_tally
 from quantum_trader.contracts.envelope import Envelope, encode
 from quantum_trader.contracts.keys import Keys
-from quantum_trader.contracts.messages import Approval, GovernorDecision, Message, Plan, PlanKind, Reservation
+from quantum_trader.contracts.messages import (
+    Approval,
+    GovernorDecision,
+    Message,
+    Plan,
+    PlanKind,
+    PositionSide,
+    Reservation,
+    Side,
+)
 from quantum_trader.contracts.policy import StreamRetention
 from quantum_trader.risk.limits import FIVE_MINUTES_MS, HOUR_MS, NOTIONAL_TOLERANCE, RATE_TRIM_MS, Limits
 from quantum_trader.runtime.service import ComponentContext, Service
@@ -126,6 +135,11 @@ def split_rejection(data: str) -> tuple[str, str]:
     return data[: index + len(_REASONS_FIELD) + 1], data[index + len(marker) - 2 :]
 
 
+def closed_side(plan: Plan) -> str:
+    """The position side a plan's order side closes (an exit is refused against the other side)."""
+    return PositionSide.LONG.value if plan.side is Side.SELL else PositionSide.SHORT.value
+
+
 @lru_cache(maxsize=8)
 def policy_fields(limits: Limits, retention: StreamRetention) -> str:
     """The part of ARGV[1] that is the same for every plan: the policy's numbers, as JSON members."""
@@ -171,6 +185,8 @@ def script_payload(
         "notional": repr(float(plan.reference_notional)),
         "leverage": str(plan.leverage),
         "allowlisted": "1" if plan.symbol in limits.allowlist else "0",
+        "closes": closed_side(plan),
+        "opened_at": "" if plan.position_opened_at is None else str(plan.position_opened_at),
         "approval": _flat(approval_for(plan, now_ms, limits), approval_id(plan.plan_id), corr),
         "decision": _flat(decision_for(plan, now_ms, approved=True), decision_id(plan.plan_id), corr),
         "reject_before": before,
@@ -209,6 +225,7 @@ class GovernorScript:
             k.stream(DECISION_STREAM),
             k.open_positions_totals,
             k.reservations_totals,
+            k.position(symbol),
         ]
 
     def decide(self, envelope: Envelope[Plan], *, group: str, entry_id: str, now_ms: int) -> Verdict:
