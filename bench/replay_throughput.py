@@ -1,16 +1,21 @@
 """Replay throughput in bars/s: market-data -> features -> ai-engine, and the whole pipeline.
 
-``python -m bench.replay_throughput [--quick] [--data FILE]``
+``python -m bench.replay_throughput [--quick] [--md-only] [--data FILE] [--output NAME]``
 
 Rows (each on a fresh instance of a redis-server of our own, components as ``qt component``
 processes started by the local Supervisor, exactly as ``qt run`` and ``qt backtest`` start them):
 
 - ``in-process``: the same per-bar code with no Redis and no processes — ``replay_ticks`` ->
   ``FeatureState.update`` -> ``baseline.decide`` in one loop. The ceiling the Python logic allows.
-- ``md->features->ai``: market-data at full speed (``speed: 0``, batches of 200 ticks per MULTI),
-  features and ai-engine (model ``baseline-trend``) as processes, each step exactly-once (Lua).
-  Timed from the first tick's stream entry to the moment features has read and acked every tick
-  and ai-engine every vector; bars/s = bars / that time.
+- ``md->features->ai (<model>)``: market-data at full speed (``speed: 0``, batches of ticks per
+  MULTI), features and ai-engine as processes, each step exactly-once (Lua); once with
+  ``baseline-trend`` (core-v1 features, the EMA rule) and once with the shipped ensemble
+  ``ensemble-1h-v1`` (market-v1 features, xgboost + torch per bar). features and ai-engine are
+  started first and the clock starts with the first tick's stream entry (their imports and the
+  model's loading are not timed); it stops when features has read and acked every tick and
+  ai-engine every vector; bars/s = bars / that time. ``cpu_us_per_bar``: CPU time (user + system)
+  each process and redis-server used in that window, per bar; ``others_cores``: what the rest of
+  the machine used meanwhile, in cores.
 - ``whole, free-running``: every component of a paper stack, market-data at full speed (what
   ``qt run`` does with ``speed: 0``). Not deterministic: how many bars pass before an order is
   filled depends on timing. Timed from the first tick to every stream drained.
@@ -33,20 +38,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
-from bench._util import machine, start_redis, table, wait_for_quiet, write_results
+from bench._util import machine, machine_busy_seconds, start_redis, table, wait_for_quiet, write_results
 from quantum_trader.backtest.run import Backtest, backtest_policy
 from quantum_trader.bus.drain import all_drained
+from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.policy import StrategySpec, parse_policy
 from quantum_trader.data.replay import replay_ticks
 from quantum_trader.local.supervisor import Supervisor
 from quantum_trader.ml.baseline import StrategyState, decide
 from quantum_trader.ml.features import FeatureState
+from quantum_trader.research.artifact import models_dir, observed_digest
 
 KLINES = Path(os.environ.get("QT_SHARED_KLINES", Path(__file__).resolve().parent.parent.parent / "shared/data/klines"))
 DEFAULT_FILE = "BTCUSDT-1m-2025-05-05_2025-06-23.csv"
 STRATEGY = {"fast": 12, "slow": 48}
+SHIPPED_MODEL = "ensemble-1h-v1"
 
 
 def in_process(file: Path, bars: int) -> dict:
@@ -77,7 +86,107 @@ def _group(client: redis.Redis, key: str, name: str) -> dict | None:
     return next((g for g in groups if g["name"] == name), None)
 
 
-def processes(file: Path, bars: int, workdir: Path, *, whole: bool) -> dict:
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far (0 for one that is gone)."""
+    used = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            used[name] = times.user + times.system
+        except psutil.Error:
+            used[name] = 0.0
+    return used
+
+
+def _wait_for_groups(client: redis.Redis, keys: Keys, groups: dict[str, str], supervisor: Supervisor) -> None:
+    """Until each stream has its reader's group: the readers are started (imports, model loaded) and reading."""
+    deadline = time.monotonic() + 300
+    while not all(_group(client, keys.stream(stream), name) for stream, name in groups.items()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the readers {sorted(groups.values())} did not start within 5 minutes")
+        supervisor.supervise_once()
+        time.sleep(0.05)
+
+
+def md_features_ai(file: Path, bars: int, workdir: Path, model: str) -> dict:
+    """market-data -> features -> ai-engine as processes; timed once features and ai-engine are reading.
+
+    features and ai-engine start first and the clock starts with the first tick market-data publishes, so
+    their start-up (imports, loading the model) is not in the figure. CPU seconds of each process and of
+    redis-server are sampled at the first tick and at the end: that is where the time of a bar goes.
+    """
+    server = start_redis()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    document = {
+        "symbols": [file.name.split("-")[0]],
+        "marketData": {"source": "replay", "files": [str(file)], "maxBars": bars, "speed": 0},
+        "strategy": STRATEGY,
+        "model": _model_ref(model),
+        "streams": {"maxLen": 4 * bars + 1000},
+        "reconciler": {"intervalSeconds": 86400},
+    }
+    policy = parse_policy(document)
+    readers = Supervisor(policy, server.url, instance="bench", workdir=workdir / "readers",
+                         only=["features", "ai-engine"])  # fmt: skip
+    source = Supervisor(policy, server.url, instance="bench", workdir=workdir / "source", only=["market-data"])
+    keys = readers.keys
+    progress = keys.component_state("market-data", "progress")
+    tick_stream = keys.stream("market.tick")
+    try:
+        readers.prepare()
+        readers.start()
+        _wait_for_groups(client, keys, {"market.tick": "features", "features": "ai-engine"}, readers)
+        source.prepare()
+        source.start()
+        pids = {p.component: p.popen.pid for s in (readers, source) for p in s.processes.values() if p.popen}
+        pids["redis-server"] = server.pid or 0
+        deadline = time.monotonic() + 1800
+        while not client.xlen(tick_stream):
+            if time.monotonic() > deadline:
+                raise RuntimeError("market-data published nothing within 30 minutes")
+            source.supervise_once()
+            time.sleep(0.001)
+        cpu_before, machine_before = _cpu_seconds(pids), machine_busy_seconds()
+        while time.monotonic() < deadline:
+            readers.supervise_once()
+            source.supervise_once()
+            if int(client.hget(progress, "published") or 0) >= bars:
+                groups = [_group(client, tick_stream, "features"), _group(client, keys.stream("features"), "ai-engine")]
+                if all(g and not int(g["pending"]) and int(g.get("lag") or 0) == 0 for g in groups):
+                    break
+            time.sleep(0.005)
+        else:
+            raise RuntimeError("the replay did not finish within 30 minutes")
+        seconds_now, micros_now = client.time()
+        cpu_after, machine_after = _cpu_seconds(pids), machine_busy_seconds()
+        finished_ms = int(seconds_now * 1000 + micros_now / 1000)
+        seconds = (finished_ms - stream_first_ms(client, tick_stream)) / 1000
+        cpu = {name: cpu_after[name] - cpu_before[name] for name in pids}
+        ours = sum(cpu.values())
+        others = max(0.0, machine_after - machine_before - ours)
+        return {
+            "row": f"md->features->ai ({model})",
+            "bars": bars,
+            "seconds": round(seconds, 3),
+            "intents": client.xlen(keys.stream("trade.intent")),
+            "cpu_us_per_bar": {name: round(used * 1e6 / bars, 1) for name, used in cpu.items()},
+            "cpu_us_per_bar_total": round(ours * 1e6 / bars, 1),
+            "others_cores": round(others / seconds, 2) if seconds > 0 else None,
+        }
+    finally:
+        source.stop()
+        readers.stop()
+        client.close()
+        server.stop()
+
+
+def _model_ref(model: str) -> dict[str, str]:
+    if model == "baseline-trend":
+        return {"name": model}
+    return {"name": model, "digest": observed_digest(models_dir() / model, model)[0]}
+
+
+def whole_free_running(file: Path, bars: int, workdir: Path) -> dict:
     server = start_redis()
     client = redis.Redis.from_url(server.url, decode_responses=True)
     document = {
@@ -88,8 +197,7 @@ def processes(file: Path, bars: int, workdir: Path, *, whole: bool) -> dict:
         "streams": {"maxLen": 4 * bars + 1000},
         "reconciler": {"intervalSeconds": 86400},
     }
-    only = None if whole else ["market-data", "features", "ai-engine"]
-    supervisor = Supervisor(parse_policy(document), server.url, instance="bench", workdir=workdir, only=only)
+    supervisor = Supervisor(parse_policy(document), server.url, instance="bench", workdir=workdir)
     keys = supervisor.keys
     progress = keys.component_state("market-data", "progress")
     try:
@@ -98,32 +206,24 @@ def processes(file: Path, bars: int, workdir: Path, *, whole: bool) -> dict:
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             supervisor.supervise_once()
-            done = int(client.hget(progress, "published") or 0) >= bars
-            if done and whole and all_drained(client, keys):
+            if int(client.hget(progress, "published") or 0) >= bars and all_drained(client, keys):
                 break
-            if done and not whole:
-                readers = [_group(client, keys.stream("market.tick"), "features"),
-                           _group(client, keys.stream("features"), "ai-engine")]  # fmt: skip
-                if all(g and not int(g["pending"]) and int(g.get("lag") or 0) == 0 for g in readers):
-                    break
             time.sleep(0.02)
         else:
             raise RuntimeError("the replay did not finish within 30 minutes")
         seconds_now, micros_now = client.time()
         finished_ms = int(seconds_now * 1000 + micros_now / 1000)
-        first_ms = stream_first_ms(client, keys.stream("market.tick"))
-        seconds = (finished_ms - first_ms) / 1000
-        row = {
-            "row": "whole, free-running" if whole else "md->features->ai",
+        seconds = (finished_ms - stream_first_ms(client, keys.stream("market.tick"))) / 1000
+        filled = sum(
+            1 for _, f in client.xrange(keys.stream("apply.result")) if json.loads(f["data"])["status"] == "FILLED"
+        )
+        return {
+            "row": "whole, free-running",
             "bars": bars,
             "seconds": round(seconds, 3),
             "intents": client.xlen(keys.stream("trade.intent")),
+            "orders_filled": filled,
         }
-        if whole:
-            row["orders_filled"] = sum(
-                1 for _, f in client.xrange(keys.stream("apply.result")) if json.loads(f["data"])["status"] == "FILLED"
-            )
-        return row
     finally:
         supervisor.stop()
         client.close()
@@ -155,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer bars (a smoke run)")
     parser.add_argument("--data", default=str(KLINES / DEFAULT_FILE), help="kline file")
+    parser.add_argument("--md-only", action="store_true", help="only the in-process and md->features->ai rows")
+    parser.add_argument("--output", default="", help="results file name (default replay_throughput[-quick])")
     args = parser.parse_args(argv)
     file = Path(args.data)
     if not file.is_file():
@@ -168,17 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         rows.append(in_process(file, sizes["in"]))
-        rows.append(processes(file, sizes["md"], work / "md", whole=False))
-        rows.append(processes(file, sizes["whole"], work / "whole", whole=True))
-        rows.append(lockstep(file, sizes["lockstep"], work / "lockstep"))
+        for model in ("baseline-trend", SHIPPED_MODEL):
+            rows.append(md_features_ai(file, sizes["md"], work / f"md-{model}", model))
+        if not args.md_only:
+            rows.append(whole_free_running(file, sizes["whole"], work / "whole"))
+            rows.append(lockstep(file, sizes["lockstep"], work / "lockstep"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for row in rows:
         row["bars_per_s"] = round(row["bars"] / row["seconds"]) if row["seconds"] > 0 else None
-    print(table(["path", "bars", "seconds", "bars/s", "intents"],
-                [[r["row"], r["bars"], r["seconds"], r["bars_per_s"], r["intents"]] for r in rows]))  # fmt: skip
+    print(table(["path", "bars", "seconds", "bars/s", "intents", "CPU µs/bar"],
+                [[r["row"], r["bars"], r["seconds"], r["bars_per_s"], r["intents"], r.get("cpu_us_per_bar", "")]
+                 for r in rows]))  # fmt: skip
     path = write_results(
-        "replay_throughput-quick" if args.quick else "replay_throughput",
+        args.output or ("replay_throughput-quick" if args.quick else "replay_throughput"),
         {
             "benchmark": "replay_throughput",
             "file": file.name,

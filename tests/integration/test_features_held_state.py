@@ -20,7 +20,7 @@ from quantum_trader.contracts.policy import PolicySpec, parse_policy
 from quantum_trader.data.klines import read_klines
 from quantum_trader.data.replay import kline_to_tick, tick_id
 from quantum_trader.ml import market_features as market
-from quantum_trader.ml.features import FeatureState, compute_features
+from quantum_trader.ml.features import FeatureState, compute_features, unpack_floats
 from quantum_trader.research.artifact import models_dir, observed_digest
 from quantum_trader.runtime.runner import connect
 from quantum_trader.runtime.service import ComponentContext
@@ -119,6 +119,6 @@ def test_a_step_that_was_not_applied_is_not_built_on(redis_url, instance, r):
     step_for(2)  # its script never ran (say the connection dropped): Redis still holds the state after tick 1
     assert runner.run(step_for(3), message_id="m3") is StepOutcome.CONFLICT  # built on the unapplied tick 2
     assert runner.run(step_for(3), message_id="m3") is StepOutcome.DONE  # the retry read tick 1's state back
-    assert load_state(r, key).data["closes"] == [101.0, 103.0]
+    assert unpack_floats(load_state(r, key).data["closes"]) == [101.0, 103.0]
     assert runner.run(step_for(4), message_id="m4") is StepOutcome.DONE  # held again, no read
-    assert load_state(r, key).data["closes"] == [101.0, 103.0, 104.0]
+    assert unpack_floats(load_state(r, key).data["closes"]) == [101.0, 103.0, 104.0]

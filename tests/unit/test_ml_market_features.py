@@ -3,6 +3,7 @@ its hash pins the definition."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from quantum_trader.contracts.messages import Tick
 from quantum_trader.data.klines import read_klines
 from quantum_trader.data.replay import kline_to_tick
 from quantum_trader.ml import market_features as mf
-from quantum_trader.ml.features import feature_hash
+from quantum_trader.ml.features import FeatureState, feature_hash
 
 BTC_1H = "BTCUSDT-1h-2023-01-01_2024-05-13.csv"
 BARS = 1500
@@ -55,7 +56,7 @@ def test_incremental_values_equal_the_batch_computation(ticks):
 
 def test_every_feature_moves_on_real_data(ticks):
     """A feature stuck at one value (e.g. a zero-division fallback everywhere) would agree in both paths."""
-    batch = _batch(ticks)[mf.WARMUP_BARS:]
+    batch = _batch(ticks)[mf.WARMUP_BARS :]
     for name, column in zip(mf.FEATURE_NAMES, batch.T, strict=True):
         assert np.unique(column).size > 20, name
 
@@ -71,6 +72,19 @@ def test_a_persisted_state_resumes_exactly(ticks):
         assert (got is None) == (expected is None)
         if expected is not None:
             assert got == expected
+
+
+@pytest.mark.parametrize("kind", [mf.MarketFeatureState, FeatureState])
+def test_a_state_restored_from_its_json_on_every_bar_gives_the_same_vectors(kind, ticks):
+    """Also from the form states were written in before the windows were packed (float lists, returns included)."""
+    straight, packed, legacy = kind("BTCUSDT"), kind("BTCUSDT"), kind("BTCUSDT")
+    for t in ticks[:300]:
+        expected = straight.update(t)
+        packed = kind.from_dict(json.loads(json.dumps(packed.to_dict())))
+        windows = {"closes": list(legacy._closes), "returns": list(legacy._returns), "volumes": list(legacy._volumes)}
+        legacy = kind.from_dict(json.loads(json.dumps(legacy.to_dict() | windows)))
+        assert packed.update(t) == expected == legacy.update(t)
+    assert expected is not None and packed.to_dict() == straight.to_dict() == legacy.to_dict()
 
 
 def test_a_redelivered_tick_changes_nothing(ticks):

@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 
 from quantum_trader.contracts.messages import FeatureVector, Tick
-from quantum_trader.ml.features import ema, feature_hash, rsi, sample_stdev, volume_z, wilder
+from quantum_trader.ml.features import (
+    ema,
+    feature_hash,
+    pack_floats,
+    restore_windows,
+    rsi,
+    sample_stdev,
+    volume_z,
+    wilder,
+)
 
 FEATURE_SET = "market-v1"
 RETURN_HORIZONS: tuple[int, ...] = (1, 3, 6, 12, 24)
@@ -170,9 +179,8 @@ class MarketFeatureState:
             "atr": self._atr.dump(),
             "gain": self._gain.dump(),
             "loss": self._loss.dump(),
-            "closes": list(self._closes),
-            "returns": list(self._returns),
-            "volumes": list(self._volumes),
+            "closes": pack_floats(self._closes),
+            "volumes": pack_floats(self._volumes),
         }
 
     @classmethod
@@ -187,9 +195,7 @@ class MarketFeatureState:
         state.last_time = None if data["last_time"] is None else int(data["last_time"])
         for name in ("ema_fast", "ema_slow", "signal", "atr", "gain", "loss"):
             getattr(state, f"_{name}").load(data[name])
-        state._closes.extend(float(x) for x in data["closes"])
-        state._returns.extend(float(x) for x in data["returns"])
-        state._volumes.extend(float(x) for x in data["volumes"])
+        restore_windows(data, state._closes, state._returns, state._volumes)
         return state
 
 
