@@ -22,16 +22,13 @@ from quantum_trader.contracts.policy import parse_policy
 FILES = ("BTCUSDT-1h-2023-01-01_2024-05-13.csv", "ETHUSDT-1h-2023-01-01_2024-05-13.csv")
 BARS = 240
 POLICY = {
-    # one hourly bar of cooldown: with none, an entry signalled on the bar whose stop closes the trade is approved
-    # when the exit reached the governor first and refused (position_open) when it came second, so the ledger
-    # depended on which of two producers wrote apply.plan first (an open determinism defect); with it, that
-    # entry is refused either way (cooldown or position_open), the same in every run
-    "risk": {"cooldownSeconds": 3600, "maxEntriesPerHour": 10, "maxEntriesPerFiveMinutes": 10},
+    # no cooldown at all, and every exit controller on (exit-brain, harvest through heat-gate): the two
+    # same-bar races that once made two runs differ are decided by rules, not by arrival order —
+    # an entry signalled on the bar whose exit closes the trade is position_open either way
+    # (risk/limits.py open_at), and heat-gate waits for exit-brain's verdict on the bar (exits/heat.py)
+    "risk": {"cooldownSeconds": 0, "maxEntriesPerHour": 10, "maxEntriesPerFiveMinutes": 10},
     "strategy": {"fast": 8, "slow": 24, "notional": 500},
     "exits": {"mode": "LIVE", "rolloutPercent": 100},
-    # exit-brain is the one exit controller here: with harvest on, exit-brain and heat-gate can both
-    # send an EXIT for one symbol on one bar, and the governor takes whichever arrives first
-    "components": {"harvest": {"enabled": False}, "heat-gate": {"enabled": False}},
 }
 
 

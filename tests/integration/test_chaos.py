@@ -57,8 +57,9 @@ def chaos_policy(klines, bars: int, *, faults: bool) -> dict:
     return {
         "symbols": ["ETHUSDT"],
         "marketData": {"source": "replay", "files": [str(klines / REAL_FILE)], "lockstep": True, "maxBars": bars},
-        # one bar of cooldown, as in test_backtest.py: a same-bar re-entry after an exit is refused either way
-        "risk": {"cooldownSeconds": 3600, "maxEntriesPerHour": 10, "maxEntriesPerFiveMinutes": 10,
+        # no cooldown, as in test_backtest.py: an entry on the bar whose exit closes the trade is
+        # position_open whichever reaches the governor first (risk/limits.py open_at)
+        "risk": {"cooldownSeconds": 0, "maxEntriesPerHour": 10, "maxEntriesPerFiveMinutes": 10,
                  "approvalTtlSeconds": 3600},
         "strategy": {"fast": 8, "slow": 24, "notional": 500},
         "exits": {"mode": "LIVE", "rolloutPercent": 100},
@@ -66,12 +67,10 @@ def chaos_policy(klines, bars: int, *, faults: bool) -> dict:
         "exchange": {"requestTimeoutSeconds": 2.5},
         "streams": {"claimIdleMs": 300},
         "simulator": {"seed": 7, "faults": withheld},
-        # exit-brain is the one exit controller here. With harvest on, exit-brain and heat-gate can both plan
-        # an EXIT for one trade on one bar, and the governor takes whichever reaches apply.plan first: seen
-        # here as exit:ETHUSDT:1672937999999:1673013599999 (breakeven_stop) in one run and
-        # heat:harvest:ETHUSDT:1672937999999:kill in the other. That race between exit controllers is its
-        # own determinism defect (open); this test is about crashes of the executor path.
-        "components": {"harvest": {"enabled": False}, "heat-gate": {"enabled": False}},
+        # every exit controller on: exit-brain and harvest (through heat-gate) can both want to exit one trade
+        # on one bar (once seen here as exit:ETHUSDT:1672937999999:1673013599999 breakeven_stop in one run and
+        # heat:harvest:ETHUSDT:1672937999999:kill in the other); heat-gate now defers to exit-brain's verdict
+        # on the bar (exits/heat.py), so the arrival order no longer picks the exit
     }
 
 

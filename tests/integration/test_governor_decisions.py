@@ -198,10 +198,12 @@ def test_every_entry_reason_code(gov, r: redis.Redis) -> None:
         c,
         keys,
         [
+            entry("ETHUSDT", "p6a", time=T0 - 3_600_000),  # signalled while the trade was open, arriving late
+            entry("ETHUSDT", "p6b", time=T0),  # on the bar whose exit closed it
             entry("ETHUSDT", "p7", time=T0 + 599_999),
             entry("ETHUSDT", "p8", time=T0 + 600_000),
         ],
-    ) == ["cooldown", "approved"]
+    ) == ["position_open", "position_open", "cooldown", "approved"]
 
     # rates on SOLUSDT: entries released between plans (as position-state would on REJECTED)
     def after_release(plan):
@@ -316,7 +318,8 @@ def _random_case(rng: random.Random) -> tuple[GovernorState, object]:
     entry_locks = {s: "rx" for s in rng.sample(symbols, rng.randint(0, 2))}
     exit_locks = {s: "xx" for s in rng.sample(symbols, rng.randint(0, 3))}
     rate = {s: [T0 + rng.randint(-2 * HOUR_MS, HOUR_MS) for _ in range(rng.randint(0, 4))] for s in symbols}
-    cooldowns = {s: T0 - rng.randint(0, 900_000) for s in rng.sample(symbols, rng.randint(0, 2))}
+    # closes before, at and after the plan times: a close at or after a signal makes it position_open
+    cooldowns = {s: T0 + rng.randint(-900_000, HOUR_MS) for s in rng.sample(symbols, rng.randint(0, 2))}
     halts = {"reconciler": "drift"} if rng.random() < 0.1 else {}
     state = GovernorState(control, halts, open_positions, reservations, entry_locks, exit_locks, rate, cooldowns)
     symbol = rng.choice(symbols)

@@ -14,9 +14,11 @@ from quantum_trader.contracts.envelope import decode
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import HarvestAction, HarvestProposal, OrderType, Plan, PlanKind, Side
 from quantum_trader.contracts.policy import PolicySpec
+from quantum_trader.exits.heat import GateSettings, HeatClock
 from quantum_trader.runtime.runner import connect
 from quantum_trader.runtime.service import ComponentContext
 from quantum_trader.runtime.settings import load_settings
+from quantum_trader.services.exit_brain import build as build_exit_brain
 from quantum_trader.services.heat_gate import HeatGate, build
 
 OPENED = 1_700_000_000_000
@@ -24,15 +26,26 @@ SYMBOL = "SOLUSDT"
 
 
 class Harness:
-    def __init__(self, redis_url: str, instance: str, pod: str = "heat-gate-0"):
+    """heat-gate on its own, on the wall clock (as live): no exit-brain verdict to wait for, unless ``built``
+    from the policy (a replay: market clock, and exit-brain runs, so proposals wait for its verdict)."""
+
+    def __init__(self, redis_url: str, instance: str, pod: str = "heat-gate-0", *, built: bool = False):
         settings = load_settings(
             env={"QT_COMPONENT": "heat-gate", "QT_INSTANCE": instance, "QT_REDIS_URL": redis_url, "QT_POD": pod}
         )
         self.ctx = ComponentContext(
             settings=settings, policy=PolicySpec(), client=connect(redis_url), keys=Keys(instance)
         )
-        self.service = build(self.ctx)
-        assert isinstance(self.service, HeatGate)
+        if built:
+            service = build(self.ctx)
+            assert isinstance(service, HeatGate)
+            self.service = service
+        else:
+            self.service = HeatGate(
+                self.ctx,
+                settings=GateSettings(max_portfolio_heat=self.ctx.policy.risk.max_portfolio_heat),
+                defers_to_exit_brain=False,
+            )
         self.consumer = StreamConsumer(
             self.ctx.client, self.ctx.keys, "heat-gate", pod, self.service.handlers(), self.ctx.policy.streams
         )
@@ -223,3 +236,111 @@ def test_harvest_to_heat_gate_end_to_end(redis_url, instance, r, keys, gate):
     assert made[0].plan_id == f"heat:harvest:{SYMBOL}:{OPENED}:partial_2r"
     assert made[0].side is Side.BUY and made[0].qty == 4.0 and made[0].price == 149.0  # 2.2 R: (160 - 149) / 5
     ctx.client.close()
+
+
+# --- in a replay: market clock, and exit-brain's verdict on the bar first ---------------------------
+class ExitBrainHarness(Harness):
+    """The real exit-brain service on the same instance, stepped by hand."""
+
+    def __init__(self, redis_url: str, instance: str):
+        settings = load_settings(
+            env={"QT_COMPONENT": "exit-brain", "QT_INSTANCE": instance, "QT_REDIS_URL": redis_url, "QT_POD": "eb"}
+        )
+        self.ctx = ComponentContext(
+            settings=settings, policy=PolicySpec(), client=connect(redis_url), keys=Keys(instance)
+        )
+        self.service = build_exit_brain(self.ctx)
+        self.consumer = StreamConsumer(
+            self.ctx.client, self.ctx.keys, "exit-brain", "eb", self.service.handlers(), self.ctx.policy.streams
+        )
+        self.consumer.ensure_groups()
+
+
+def replay_inputs(r, keys: Keys) -> None:
+    """Heat stamped with an ancient wall time (irrelevant in a replay) and the market time of the fill."""
+    write_heat(r, keys, 0.05)
+    r.hset(keys.portfolio_heat, mapping={"time": "1", "market_time": str(OPENED)})
+    write_position(r, keys)
+    r.hset(keys.position(SYMBOL), "updated_at", str(OPENED))
+
+
+def feed_exit_brain(r, keys: Keys, exit_brain: ExitBrainHarness, take_profit: float, at: int) -> None:
+    """The trade's snapshot, then (once exit-brain watches it) the tick of the proposal's bar."""
+    from quantum_trader.contracts.messages import PositionSide, PositionSnapshot, Tick
+
+    snap = PositionSnapshot(
+        symbol=SYMBOL, side=PositionSide.SHORT, qty=8.0, entry_price=160.0, mark_price=160.0, unrealized_pnl=0.0,
+        stop_loss=165.0, take_profit=take_profit, opened_at=OPENED, time=OPENED, source="position-state", version=3,
+    )  # fmt: skip
+    publish(r, keys, Output("position.snapshot", snap, id="snap:3"), 10_000)
+    exit_brain.drain()
+    tick = Tick(symbol=SYMBOL, price=150.0, bid=150.0, ask=150.0, volume=1.0, event_time=at, source="test")
+    publish(r, keys, Output("market.tick", tick, id=f"tick:{at}"), 10_000)
+    exit_brain.drain()
+
+
+@pytest.fixture
+def replay_gate(redis_url, instance, r, keys):
+    write_control(r, keys, engaged=False)
+    harness = Harness(redis_url, instance, built=True)
+    yield harness
+    harness.close()
+
+
+def test_a_replay_gate_is_on_the_market_clock_and_defers_to_a_running_exit_brain(replay_gate):
+    assert replay_gate.service.settings.clock is HeatClock.MARKET
+    assert replay_gate.service.defers_to_exit_brain
+
+
+def test_a_replay_proposal_waits_for_exit_brains_verdict_on_its_bar_then_passes(
+    redis_url, instance, r, keys, replay_gate
+):
+    import threading
+
+    replay_inputs(r, keys)
+    replay_gate.service.verdict_wait_seconds = 30.0
+    prop = proposal()
+    send(r, keys, prop)
+    waiting = threading.Thread(target=replay_gate.drain)
+    waiting.start()
+    time.sleep(0.5)
+    assert waiting.is_alive() and plans(r, keys) == [], "no verdict yet: the proposal waits"
+    assert r.xpending(keys.stream("harvest.proposal"), "heat-gate")["pending"] == 1
+    exit_brain = ExitBrainHarness(redis_url, instance)
+    feed_exit_brain(r, keys, exit_brain, take_profit=140.0, at=prop.time)  # 150 is above the target: no exit
+    waiting.join(30)
+    exit_brain.close()
+    assert not waiting.is_alive()
+    made = plans(r, keys)
+    assert [p.plan_id for p in made] == [f"heat:{prop.proposal_id}"]
+    assert replay_gate.service.counters["passed"] == 1
+    assert_acked(r, keys, prop)
+
+
+def test_a_replay_proposal_for_a_trade_exit_brain_exits_on_the_bar_is_dropped(
+    redis_url, instance, r, keys, replay_gate
+):
+    replay_inputs(r, keys)
+    prop = proposal()
+    exit_brain = ExitBrainHarness(redis_url, instance)
+    feed_exit_brain(r, keys, exit_brain, take_profit=155.0, at=prop.time)  # 150 reaches the target: take-profit
+    exit_brain.close()
+    send(r, keys, prop)
+    replay_gate.drain()
+    made = plans(r, keys)
+    assert [p.source for p in made] == ["exit-brain"] and made[0].reason_codes == ("take_profit",)
+    assert replay_gate.service.counters["hold_exit_brain_exiting"] == 1
+    assert replay_gate.service.counters["passed"] == 0
+    assert_acked(r, keys, prop)
+
+
+def test_without_a_verdict_a_replay_proposal_never_passes(r, keys, replay_gate):
+    replay_inputs(r, keys)
+    replay_gate.service.verdict_wait_seconds = 0.1
+    prop = proposal()
+    send(r, keys, prop)
+    replay_gate.drain()
+    assert plans(r, keys) == []
+    assert r.xpending(keys.stream("harvest.proposal"), "heat-gate")["pending"] == 1, "left pending, to retry"
+    assert not r.exists(keys.done("heat-gate", prop.proposal_id))
+    assert replay_gate.service.counters["verdict_waits"] >= 1 and replay_gate.consumer.stats.errors >= 1

@@ -141,7 +141,9 @@ def test_control_table(control, halted, entry, exit_) -> None:
         (entry(), state(open_positions={"BTCUSDT": 10.0}, entry_locks={"BTCUSDT": "p"}), Reason.POSITION_OPEN),
         (entry(), state(entry_locks={"BTCUSDT": "p"}), Reason.ENTRY_PENDING),
         (entry(), state(cooldowns={"BTCUSDT": T0 - 299_999}), Reason.COOLDOWN),
-        (entry(), state(cooldowns={"BTCUSDT": T0 + 10}), Reason.COOLDOWN),  # a plan older than the close
+        (entry(), state(cooldowns={"BTCUSDT": T0 + 10}), Reason.POSITION_OPEN),  # signalled while it was open
+        (entry(), state(cooldowns={"BTCUSDT": T0}), Reason.POSITION_OPEN),  # the bar whose exit closed it
+        (entry(), state(cooldowns={"BTCUSDT": T0}, entry_locks={"BTCUSDT": "p"}), Reason.POSITION_OPEN),
         (entry(), state(cooldowns={"BTCUSDT": T0 - 300_000}), None),
         (entry(), state(cooldowns={"ETHUSDT": T0}), None),
         (entry(), state(rate={"BTCUSDT": [T0 - 10 * 60_000, T0 - 20 * 60_000, T0 - 59 * 60_000]}), Reason.RATE_HOUR),
@@ -174,9 +176,11 @@ def test_decide_table(plan: Plan, st: GovernorState, reason: Reason | None) -> N
     assert decide(plan, st, LIMITS) == reason
 
 
-def test_cooldown_zero_never_blocks() -> None:
+def test_cooldown_zero_never_blocks_but_a_close_at_or_after_the_signal_still_does() -> None:
     limits = Limits(**{**{f: getattr(LIMITS, f) for f in LIMITS.__slots__}, "cooldown_ms": 0})
-    assert decide(entry(), state(cooldowns={"BTCUSDT": T0 + 10}), limits) is None
+    assert decide(entry(), state(cooldowns={"BTCUSDT": T0 - 1}), limits) is None
+    assert decide(entry(), state(cooldowns={"BTCUSDT": T0}), limits) is Reason.POSITION_OPEN
+    assert decide(entry(), state(cooldowns={"BTCUSDT": T0 + 10}), limits) is Reason.POSITION_OPEN
 
 
 def test_exceeds_has_relative_slack_for_rounding_only() -> None:

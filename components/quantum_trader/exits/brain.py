@@ -66,6 +66,9 @@ class BrainState:
     """rules already recorded on exit.shadow for this position"""
     flatten_generation: int = -1
     """kill-switch generation of the last idle flatten (one per generation and position)"""
+    evaluated_at: int = 0
+    """market time of the last tick evaluated for the watched trade (0: none yet). With ``pending_plan``
+    it is exit-brain's verdict on that bar, which heat-gate waits for (see :func:`verdict_of`)"""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +82,7 @@ class BrainState:
             "ticks_since_plan": self.ticks_since_plan,
             "shadowed": list(self.shadowed),
             "flatten_generation": self.flatten_generation,
+            "evaluated_at": self.evaluated_at,
         }
 
     @staticmethod
@@ -95,6 +99,7 @@ class BrainState:
             ticks_since_plan=int(data.get("ticks_since_plan", 0)),
             shadowed=tuple(data.get("shadowed", ())),
             flatten_generation=int(data.get("flatten_generation", -1)),
+            evaluated_at=int(data.get("evaluated_at", 0)),
         )
 
 
@@ -179,6 +184,7 @@ def on_tick(
         best=update_best(position, state.best, tick),
         last_price=tick.price,
         last_time=tick.event_time,
+        evaluated_at=tick.event_time,
         shadowed=(*state.shadowed, *(s.reason for s in shadow)),
     )
     if waiting:

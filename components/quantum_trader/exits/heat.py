@@ -16,14 +16,35 @@ logs before it acks:
 ``heat_missing``                no ``portfolio:heat`` hash
 ``heat_unreadable``             a field missing or not a finite number, negative heat or risk,
                                 equity <= 0, heat != open_risk / equity, or a time in the future
-``heat_stale``                  heat older than ``max_age_ms`` (60 s) by the wall clock
+``heat_stale``                  heat older than ``max_age_ms`` (60 s) by the wall clock; in a
+                                replay (market clock) heat older than the position's last fill
 ``position_missing``            no ``position:<symbol>`` hash
 ``position_unreadable``         side, qty or opened_at missing or malformed
 ``position_flat``               the position is already closed
 ``position_changed``            the position was opened after the proposal: it was for an
                                 earlier trade on the symbol
+``exit_brain_exiting``          exit-brain has an exit in flight for the trade (planned on the
+                                proposal's bar or before it): it decides, the proposal is dropped
 ``heat_below_partial``          the rule below: a PARTIAL_CLOSE while the book is cool
 ==============================  ============================================================
+
+Two exit controllers, one bar: exit-brain (stops, take-profit, breakeven, trailing) and harvest
+(through this gate) both watch every tick, so both can plan an EXIT for one trade on one bar, and
+the governor would approve whichever reached it first (the other: ``exit_in_flight``) — the arrival
+order of two processes would pick the exit. So the gate defers to exit-brain's verdict on the
+proposal's bar (:func:`defer_to_exit_brain`): exit-brain records, with its state, the market time of
+the last tick it evaluated for the trade and the exit it has in flight. Until it has evaluated the
+proposal's bar for that trade the proposal waits (:class:`VerdictPending`; a missing or unreadable
+verdict never passes); when exit-brain is exiting the trade the proposal is dropped
+(``exit_brain_exiting``); otherwise the heat rule below decides. The same rule live: the baseline
+protection has priority over profit taking on the same price.
+
+Clocks: live, heat's age is judged by the wall clock (a position-state that stopped refreshing it
+is noticed). In a replay (``marketData.source`` replay or synthetic) the clock is the proposal's
+market time and heat's is its ``market_time`` (the last result it includes): a replay must decide
+the same at any speed and whatever pauses the machine makes. Heat changes only with results, so
+there its age means nothing; what must hold is that it includes the position's last fill
+(``market_time >= updated_at``) and is not from after the proposal.
 
 The rule, with ``u = heat / maxPortfolioHeat``:
 
@@ -49,9 +70,11 @@ u                   CLOSE                       PARTIAL_CLOSE
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from quantum_trader.contracts.messages import (
     HarvestAction,
@@ -62,6 +85,7 @@ from quantum_trader.contracts.messages import (
     PositionSide,
     Side,
 )
+from quantum_trader.exits.brain import BrainState
 
 SOURCE = "heat-gate"
 
@@ -74,6 +98,7 @@ HOLD_POSITION_UNREADABLE = "position_unreadable"
 HOLD_POSITION_FLAT = "position_flat"
 HOLD_POSITION_CHANGED = "position_changed"
 HOLD_BELOW_PARTIAL = "heat_below_partial"
+HOLD_EXIT_BRAIN_EXITING = "exit_brain_exiting"
 
 HOLD_REASONS = (
     HOLD_KILL_SWITCH,
@@ -84,10 +109,22 @@ HOLD_REASONS = (
     HOLD_POSITION_UNREADABLE,
     HOLD_POSITION_FLAT,
     HOLD_POSITION_CHANGED,
+    HOLD_EXIT_BRAIN_EXITING,
     HOLD_BELOW_PARTIAL,
 )
 
 TAG_OVER_LIMIT = "heat_over_limit"
+
+
+class HeatClock(StrEnum):
+    WALL = "wall"
+    """live: now is the wall clock, heat's time its wall ``time``, age limited by ``max_age_ms``"""
+    MARKET = "market"
+    """replays: now is the proposal's market time, heat's time its ``market_time``"""
+
+
+class VerdictPending(Exception):
+    """exit-brain has not judged the proposal's bar for its trade yet: wait (never pass, never drop)."""
 
 
 class Hold(Exception):
@@ -111,6 +148,7 @@ class GateSettings:
     """clock skew tolerated for a heat time ahead of ours; more is unreadable"""
     consistency_tolerance: float = 0.01
     """relative tolerance of heat against open_risk / equity"""
+    clock: HeatClock = HeatClock.WALL
 
     def __post_init__(self) -> None:
         if self.max_portfolio_heat <= 0:
@@ -135,6 +173,8 @@ class GatePosition:
     opened_at: int
     entry_price: float | None = None
     version: int = 0
+    updated_at: int = 0
+    """market time of the position's last change (its last fill)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +202,18 @@ def _number(raw: Mapping[str, str], name: str, reason: str) -> float:
 
 
 def read_heat(raw: Mapping[str, str] | None, now_ms: int, settings: GateSettings) -> HeatReading:
-    """The ``portfolio:heat`` hash checked for presence, shape, consistency and age; raises :class:`Hold`."""
+    """The ``portfolio:heat`` hash checked for presence, shape, consistency and age; raises :class:`Hold`.
+
+    ``now_ms`` is on ``settings.clock``: the wall clock, or the proposal's market time (then heat's
+    time is its ``market_time`` and there is no age limit: see the module doc).
+    """
     if not raw:
         raise Hold(HOLD_HEAT_MISSING, "portfolio:heat is absent")
     heat = _number(raw, "heat", HOLD_HEAT_UNREADABLE)
     open_risk = _number(raw, "open_risk", HOLD_HEAT_UNREADABLE)
     equity = _number(raw, "equity", HOLD_HEAT_UNREADABLE)
     positions = _number(raw, "positions", HOLD_HEAT_UNREADABLE)
-    time = _number(raw, "time", HOLD_HEAT_UNREADABLE)
+    time = _number(raw, "market_time" if settings.clock is HeatClock.MARKET else "time", HOLD_HEAT_UNREADABLE)
     if heat < 0 or open_risk < 0 or positions < 0 or positions != int(positions):
         raise Hold(HOLD_HEAT_UNREADABLE, f"negative or fractional values: heat={heat} open_risk={open_risk}")
     if equity <= 0:
@@ -181,7 +225,7 @@ def read_heat(raw: Mapping[str, str] | None, now_ms: int, settings: GateSettings
     if time - now_ms > settings.max_future_ms:
         raise Hold(HOLD_HEAT_UNREADABLE, f"heat time {int(time)} is {int(time - now_ms)} ms in the future")
     age = now_ms - time
-    if age > settings.max_age_ms:
+    if settings.clock is HeatClock.WALL and age > settings.max_age_ms:
         raise Hold(HOLD_HEAT_STALE, f"heat is {age / 1000:.1f} s old (limit {settings.max_age_ms / 1000:.0f} s)")
     return HeatReading(heat, open_risk, equity, int(positions), int(time))
 
@@ -205,7 +249,35 @@ def read_position(raw: Mapping[str, str] | None) -> GatePosition:
     entry = _number(raw, "entry_price", HOLD_POSITION_UNREADABLE) if entry_text not in (None, "") else None
     version_text = raw.get("version")
     version = int(_number(raw, "version", HOLD_POSITION_UNREADABLE)) if version_text not in (None, "") else 0
-    return GatePosition(side=side, qty=qty, opened_at=int(opened_at), entry_price=entry, version=version)
+    updated_text = raw.get("updated_at")
+    updated = int(_number(raw, "updated_at", HOLD_POSITION_UNREADABLE)) if updated_text not in (None, "") else 0
+    return GatePosition(
+        side=side, qty=qty, opened_at=int(opened_at), entry_price=entry, version=version, updated_at=updated
+    )
+
+
+def defer_to_exit_brain(proposal: HarvestProposal, position: GatePosition, brain_raw: Mapping[str, str] | None) -> None:
+    """exit-brain's verdict on the proposal's bar, from its state hash (``state:exit-brain:<symbol>``).
+
+    Returns when exit-brain evaluated that bar (or a later one) for this trade and has no exit in
+    flight for it; raises :class:`Hold` (``exit_brain_exiting``) when it has one, and
+    :class:`VerdictPending` when it has not judged the bar for this trade yet — including no state,
+    an unreadable one, or another trade watched: nothing unknown lets a proposal pass.
+    """
+    data = (brain_raw or {}).get("data")
+    if not data:
+        raise VerdictPending("exit-brain has no state for the symbol")
+    try:
+        state = BrainState.from_json(json.loads(data))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise VerdictPending(f"exit-brain's state is unreadable: {error}") from None
+    watched = state.position
+    if watched is None or watched.opened_at != position.opened_at:
+        raise VerdictPending(f"exit-brain is not watching the trade opened at {position.opened_at}")
+    if state.evaluated_at < proposal.time:
+        raise VerdictPending(f"exit-brain evaluated up to {state.evaluated_at}, the proposal is for {proposal.time}")
+    if state.pending_plan:
+        raise Hold(HOLD_EXIT_BRAIN_EXITING, f"exit-brain's {state.pending_plan} closes the trade")
 
 
 def gate(
@@ -251,12 +323,24 @@ def evaluate(
     settings: GateSettings,
     *,
     kill_switch_hold: bool,
+    exit_brain: Mapping[str, str] | None = None,
+    defers_to_exit_brain: bool = False,
 ) -> GateDecision:
-    """Every check in order — kill switch, heat, position, rule; raises :class:`Hold` on the first failure."""
+    """Every check in order — kill switch, heat, position, exit-brain's verdict (when ``defers_to_exit_brain``:
+    exit-brain runs), rule; raises :class:`Hold` on the first failure, :class:`VerdictPending` to wait.
+
+    ``now_ms`` is on ``settings.clock`` (:func:`read_heat`).
+    """
     if kill_switch_hold:
         raise Hold(HOLD_KILL_SWITCH, "kill switch forces non-baseline exits to SHADOW")
     heat = read_heat(heat_raw, now_ms, settings)
     position = read_position(position_raw)
+    if settings.clock is HeatClock.MARKET and heat.time < position.updated_at:
+        raise Hold(HOLD_HEAT_STALE, f"heat is as of {heat.time}, the position changed at {position.updated_at}")
+    if position.opened_at > proposal.time:
+        raise Hold(HOLD_POSITION_CHANGED, f"position opened at {position.opened_at}, proposal made at {proposal.time}")
+    if defers_to_exit_brain:
+        defer_to_exit_brain(proposal, position, exit_brain)
     return gate(proposal, heat, position, settings)
 
 

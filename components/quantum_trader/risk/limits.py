@@ -52,7 +52,6 @@ NOTIONAL_TOLERANCE = 1e-9
 (qty * price, or a sum of notionals, can land a few ulps above the limit)."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The policy values the governor enforces, in the units the script compares."""
@@ -96,6 +95,7 @@ class GovernorState:
     rate: Mapping[str, Iterable[int]] = field(default_factory=dict)
     """symbol -> plan times of approved entries"""
     cooldowns: Mapping[str, int] = field(default_factory=dict)
+    """symbol -> market time of its last close (the closing plan's time, written by position-state)"""
 
 
 def control_reason(control: Mapping[str, str] | None, halted: bool, kind: PlanKind) -> Reason | None:
@@ -123,6 +123,19 @@ def rate_window_count(times: Iterable[int], at: int, window_ms: int) -> int:
     return sum(1 for t in times if at - window_ms < t < at + window_ms)
 
 
+def open_at(last_close: int | None, signal_time: int) -> bool:
+    """The symbol's last position was still open at ``signal_time`` (market time): it closed at or after it.
+
+    Why: exit-brain and the strategy both act on the bar at ``signal_time``. An entry signalled on
+    the bar whose stop closes the trade would otherwise be approved when the exit reached the
+    governor first (the position is gone) and refused as ``position_open`` when it came second —
+    the arrival order of two producers would decide. Judging by the market time of the close
+    (``cooldowns[symbol]``, the closing plan's time) instead, the entry is ``position_open`` in
+    either order, with or without a cooldown, live as in a replay.
+    """
+    return last_close is not None and signal_time <= last_close
+
+
 def decide(plan: Plan, state: GovernorState, limits: Limits) -> Reason | None:
     """None to approve ``plan``, else the first failing check's reason (same order as the script)."""
     reason = control_reason(state.control, bool(state.halts), plan.kind)
@@ -142,11 +155,11 @@ def decide(plan: Plan, state: GovernorState, limits: Limits) -> Reason | None:
         return Reason.LEVERAGE
     if exceeds(notional, limits.max_notional_per_trade):
         return Reason.NOTIONAL_PER_TRADE
-    if symbol in state.open_positions:
+    last_close = state.cooldowns.get(symbol)
+    if symbol in state.open_positions or open_at(last_close, plan.time):
         return Reason.POSITION_OPEN
     if symbol in state.entry_locks:
         return Reason.ENTRY_PENDING
-    last_close = state.cooldowns.get(symbol)
     if last_close is not None and limits.cooldown_ms > 0 and plan.time < last_close + limits.cooldown_ms:
         return Reason.COOLDOWN
     times = [t for t in state.rate.get(symbol, ()) if t >= plan.time - RATE_TRIM_MS]

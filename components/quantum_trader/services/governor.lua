@@ -106,13 +106,14 @@ local function entry_reason(t, notional)
   if tonumber(p.leverage) > tonumber(p.max_leverage) then return 'leverage' end
   if exceeds(notional, tonumber(p.max_per_trade)) then return 'notional_per_trade' end
   if redis.call('HEXISTS', KEYS[8], p.symbol) == 1 then return 'position_open' end
+  local last = redis.call('HGET', KEYS[10], p.symbol)
+  local closed = last and tonumber(last)
+  -- closed at or after the signal's market time: the position was open on the signal's bar, refused
+  -- whether or not its exit reached us first (see risk/limits.py)
+  if closed and t <= closed then return 'position_open' end
   if redis.call('HEXISTS', KEYS[6], p.symbol) == 1 then return 'entry_pending' end
   local cooldown = tonumber(p.cooldown_ms)
-  local last = redis.call('HGET', KEYS[10], p.symbol)
-  if last and cooldown > 0 then
-    local closed = tonumber(last)
-    if closed == nil or t < closed + cooldown then return 'cooldown' end
-  end
+  if last and (closed == nil or (cooldown > 0 and t < closed + cooldown)) then return 'cooldown' end
   redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. int_text(t - tonumber(p.trim_ms)))
   local hour, five = tonumber(p.hour_ms), tonumber(p.five_ms)
   -- both sides of the plan's time: plans arrive out of market-time order (see risk/limits.py)

@@ -4,11 +4,19 @@ The rule and every hold reason are in :mod:`quantum_trader.exits.heat`. A held p
 plan, but it is never lost silently: the hold is counted per reason (``hold_<reason>`` in the
 service's counters, which the heartbeat carries), logged with the proposal id and the detail, and
 the message is acked (the step marks it done, so a redelivery does not count it twice).
+
+With exit-brain running, a proposal waits for exit-brain's verdict on its bar (``exits.heat``:
+the two controllers must not race for one trade's exit). The wait is in the handler, polling
+exit-brain's state for up to ``verdict_wait_seconds``: the message stays unacked meanwhile, so a
+lockstep replay does not publish the next bar before it is decided. Past that (exit-brain down or
+behind), the handler raises: the proposal stays pending, is reclaimed and tried again, and after
+``maxDeliveries`` it is dead-lettered with the reason — waiting, never passing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 
 from quantum_trader.bus.codec import text_dict
 from quantum_trader.bus.consumer import Delivery, Handler
@@ -16,9 +24,19 @@ from quantum_trader.bus.control import parse_control
 from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.messages import HarvestProposal
+from quantum_trader.contracts.policy import MarketDataSource, PolicySpec
 from quantum_trader.exits import heat
-from quantum_trader.exits.heat import GateSettings, Hold
+from quantum_trader.exits.heat import GateDecision, GateSettings, HeatClock, Hold, VerdictPending
 from quantum_trader.runtime.service import ComponentContext, Service
+
+EXIT_BRAIN = "exit-brain"
+VERDICT_WAIT_SECONDS = 2.0
+VERDICT_POLL_SECONDS = 0.002
+
+
+def heat_clock(policy: PolicySpec) -> HeatClock:
+    """Market time in replays (replay and synthetic data), so they decide the same at any speed."""
+    return HeatClock.WALL if policy.market_data.source is MarketDataSource.LIVE else HeatClock.MARKET
 
 
 class HeatGate(Service):
@@ -28,37 +46,70 @@ class HeatGate(Service):
         *,
         settings: GateSettings | None = None,
         clock: Callable[[], int] | None = None,
+        defers_to_exit_brain: bool | None = None,
+        verdict_wait_seconds: float = VERDICT_WAIT_SECONDS,
     ) -> None:
         super().__init__(ctx)
-        self.settings = settings or GateSettings(max_portfolio_heat=ctx.policy.risk.max_portfolio_heat)
+        self.settings = settings or GateSettings(
+            max_portfolio_heat=ctx.policy.risk.max_portfolio_heat, clock=heat_clock(ctx.policy)
+        )
         self.clock = clock or ctx.now_ms
+        if defers_to_exit_brain is None:
+            defers_to_exit_brain = EXIT_BRAIN in ctx.policy.enabled_components()
+        self.defers_to_exit_brain = defers_to_exit_brain
+        self.verdict_wait_seconds = verdict_wait_seconds
         for reason in heat.HOLD_REASONS:
             self.counters[f"hold_{reason}"] = 0  # present from the start: a dashboard sees zeros, not gaps
         self.counters["passed"] = 0
+        self.counters["verdict_waits"] = 0
 
     def handlers(self) -> dict[str, Handler]:
         return {"harvest.proposal": self.on_proposal}
 
-    def on_proposal(self, envelope: Envelope[HarvestProposal], delivery: Delivery) -> Step | None:
-        proposal = envelope.message
+    def decide(self, proposal: HarvestProposal) -> GateDecision:
+        """The gate's decision on freshly read inputs; raises Hold, or VerdictPending to wait."""
         keys = self.ctx.keys
         with self.ctx.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.portfolio_heat)
             pipe.hgetall(keys.position(proposal.symbol))
             pipe.hgetall(keys.control)
             pipe.hgetall(keys.halts)
-            raw_heat, raw_position, raw_control, raw_halts = pipe.execute()
+            pipe.hgetall(keys.component_state(EXIT_BRAIN, proposal.symbol))
+            raw_heat, raw_position, raw_control, raw_halts, raw_brain = pipe.execute()
         control = parse_control(text_dict(raw_control), text_dict(raw_halts))
-        position_fields = text_dict(raw_position)
+        exit_brain: Mapping[str, str] = text_dict(raw_brain)
+        now = proposal.time if self.settings.clock is HeatClock.MARKET else self.clock()
+        return heat.evaluate(
+            proposal,
+            text_dict(raw_heat),
+            text_dict(raw_position),
+            now,
+            self.settings,
+            kill_switch_hold=control.advanced_exits_shadow,
+            exit_brain=exit_brain,
+            defers_to_exit_brain=self.defers_to_exit_brain,
+        )
+
+    def decide_after_verdict(self, proposal: HarvestProposal) -> GateDecision:
+        """:meth:`decide`, polling until exit-brain has judged the proposal's bar (see the module doc)."""
+        deadline = time.monotonic() + self.verdict_wait_seconds
+        while True:
+            try:
+                return self.decide(proposal)
+            except VerdictPending as pending:
+                if time.monotonic() >= deadline:
+                    self.count("verdict_waits")
+                    self.ctx.log.warning(
+                        "harvest proposal waits for exit-brain",
+                        extra={"symbol": proposal.symbol, "proposal_id": proposal.proposal_id, "detail": str(pending)},
+                    )
+                    raise
+            time.sleep(VERDICT_POLL_SECONDS)
+
+    def on_proposal(self, envelope: Envelope[HarvestProposal], delivery: Delivery) -> Step | None:
+        proposal = envelope.message
         try:
-            decision = heat.evaluate(
-                proposal,
-                text_dict(raw_heat),
-                position_fields,
-                self.clock(),
-                self.settings,
-                kill_switch_hold=control.advanced_exits_shadow,
-            )
+            decision = self.decide_after_verdict(proposal)
         except Hold as hold:
             self.count(f"hold_{hold.reason}")
             self.ctx.log.warning(
