@@ -1,6 +1,6 @@
 """Every goal of issue 11 (order-path speed) in one run, each as a figure and as a ratio to this run's Redis.
 
-``python -m bench.order_path [--quick] [--repeat N] [--output NAME] [--same-run-before CHECKOUT]``
+``python -m bench.order_path [--quick] [--repeat N] [--output NAME] [--same-run-before A [--same-run-after B]]``
 
 Absolute rates differ 2-3x between the machines this runs on, and on one shared machine from one
 minute to the next, so every figure is also divided by what the bus does alone on the same machine
@@ -10,7 +10,7 @@ measured before and after the pipeline phases of every repetition.
 
 One repetition, in this order:
 
-1. ``consumer_passthrough`` (and its batched variant), with its CPU per message;
+1. ``consumer_passthrough`` (and its batched variant), with its CPU per message: the median of 3 trials;
 2. a burst: 1,000 intents at once through intent-bridge -> governor -> apply-layer -> exchange-sim ->
    position-state, one replica each (``bench.pipeline``'s burst phase, every check included). Its
    end-to-end orders/s is the **saturating rate**;
@@ -33,10 +33,11 @@ How each goal is expressed as a ratio:
   ``total_reads_processed`` is kept beside it as a cross-check) and the flat-cost ratio are counts
   and ratios already, so they do not depend on the machine's speed.
 
-``--same-run-before CHECKOUT`` measures before and after in one run: repetitions alternate (before,
-after, after, before, ...) between the components of CHECKOUT (a clone at the before commit) and this
-checkout's, each repetition a process of its own, and both sides are divided by the before code's
-passthrough of that run. That is what "<= 25 % of before in the same run" needs on a shared machine.
+``--same-run-before CHECKOUT [--same-run-after CHECKOUT2]`` measures before and after in one run:
+repetitions alternate (before, after, after, before, ...) between the components of CHECKOUT (a clone
+at the before commit) and CHECKOUT2's (default: this checkout's), each repetition a process of its
+own, and both sides are divided by the before code's passthrough of that run. That is what "<= 25 %
+of before in the same run" needs on a shared machine.
 
 Results: a goal table on stdout and ``bench/results/NAME.json`` (default ``order_path``), with every
 phase's full ``bench.pipeline`` report inside. ``python -m bench.report compare BEFORE AFTER`` sets two
@@ -81,8 +82,13 @@ PACED_RATE = 200.0
 MAX_PACED_SECONDS = 20.0
 
 
-def passthrough(messages: int) -> dict:
-    """``consumer_passthrough`` and its batched variant on a fresh redis-server, with CPU per message."""
+def passthrough(messages: int, trials: int = 3) -> dict:
+    """``consumer_passthrough`` and its batched variant on a fresh redis-server, with CPU per message.
+
+    Each is measured ``trials`` times, one after the other, and the median trial (by messages/s) is
+    reported with every trial's rate: one busy second of the shared machine moves a single trial by
+    several times.
+    """
     server = start_redis()
     try:
         client = redis.Redis.from_url(server.url)
@@ -90,15 +96,19 @@ def passthrough(messages: int) -> dict:
         keys = Keys("bench")
         out = {}
         for name, batched in (("consumer_passthrough", False), ("consumer_passthrough_batched", True)):
-            client.flushall()
-            cpu0 = sum(sum(p.cpu_times()[:2]) for p in ours)
-            busy0, wall0 = machine_busy_seconds(), time.perf_counter()
-            result = bench_consumer_passthrough(client, keys, messages, batched=batched)
-            cpu = sum(sum(p.cpu_times()[:2]) for p in ours) - cpu0
-            wall = time.perf_counter() - wall0
-            result["cpu_us_per_message"] = round(1e6 * cpu / max(1, result["ops"]), 1)
-            result["other_processes_cores"] = round(max(0.0, machine_busy_seconds() - busy0 - cpu) / wall, 2)
-            out[name] = result
+            results = []
+            for _ in range(trials):
+                client.flushall()
+                cpu0 = sum(sum(p.cpu_times()[:2]) for p in ours)
+                busy0, wall0 = machine_busy_seconds(), time.perf_counter()
+                result = bench_consumer_passthrough(client, keys, messages, batched=batched)
+                cpu = sum(sum(p.cpu_times()[:2]) for p in ours) - cpu0
+                wall = time.perf_counter() - wall0
+                result["cpu_us_per_message"] = round(1e6 * cpu / max(1, result["ops"]), 1)
+                result["other_processes_cores"] = round(max(0.0, machine_busy_seconds() - busy0 - cpu) / wall, 2)
+                results.append(result)
+            results.sort(key=lambda result: result["ops_per_s"])
+            out[name] = dict(results[len(results) // 2], trials_ops_per_s=[r["ops_per_s"] for r in results])
         client.close()
     finally:
         server.stop()
@@ -256,9 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CHECKOUT",
         help="before and after in one run, alternating: CHECKOUT is a clone at the before commit",
     )
+    parser.add_argument(
+        "--same-run-after",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="with --same-run-before: a clone at the after commit (default: this checkout's components)",
+    )
     args = parser.parse_args(argv)
     if args.same_run_before:
-        return same_run(args.same_run_before.resolve(), args)
+        after = args.same_run_after.resolve() if args.same_run_after else None
+        return same_run(args.same_run_before.resolve(), after, args)
     count = 200 if args.quick else INTENTS
     started = time.monotonic()
     uptime_before = uptime()
@@ -308,24 +326,26 @@ def print_goals(summary: dict) -> None:
     print(table(["goal", "figure", "ratio / periods", "goal", "met"], rows))
 
 
-def same_run(before_root: Path, args: argparse.Namespace) -> int:
+def same_run(before_root: Path, after_root: Path | None, args: argparse.Namespace) -> int:
     """Before and after in one run: one repetition at a time as its own process, alternating ABBA.
 
     Each repetition is ``python -m bench.order_path --repeat 1`` in a process of its own, whose
-    ``PYTHONPATH`` names ``before_root``'s components and operator (before), or nothing, so that this
-    checkout's installed components are imported (after). The bench's own code is this checkout's for
-    both. Every figure of both sides is divided by the **before** code's passthrough of this run (fixed
-    code, so it measures only the machine); each side's own passthrough is kept beside it.
+    ``PYTHONPATH`` names ``before_root``'s components and operator (before), and ``after_root``'s (after;
+    without it nothing, so that this checkout's installed components are imported). The bench's own
+    code is this checkout's for both. Every figure of both sides is divided by the **before** code's
+    passthrough of this run (fixed code, so it measures only the machine); each side's own passthrough
+    is kept beside it.
     """
     repo = Path(__file__).resolve().parent.parent
-    code = {
-        "before": os.pathsep.join(str(before_root / part) for part in ("components", "operator")),
-        "after": "",
-    }
+
+    def code(root: Path | None) -> str:
+        return os.pathsep.join(str(root / part) for part in ("components", "operator")) if root else ""
+
+    paths = {"before": code(before_root), "after": code(after_root)}
     order = [side for i in range(args.repeat) for side in (("before", "after") if i % 2 == 0 else ("after", "before"))]
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for i, side in enumerate(order):
-        env = dict(os.environ, PYTHONPATH=code[side])
+        env = dict(os.environ, PYTHONPATH=paths[side])
         name = f"{args.output}-{side}-{i}"
         command = [sys.executable, "-m", "bench.order_path", "--repeat", "1", "--output", name]
         command += ["--quick"] if args.quick else []

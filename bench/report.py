@@ -108,7 +108,7 @@ def profile_tables(data: dict, top: int = 8) -> str:
     for phase in data["phases"]:
         for pod, prof in phase.get("profile", {}).items():
             rows = [[name, f"{pct} %"] for name, pct in prof.get("inclusive_pct", [])[:top]]
-            title = f"**{pod}** ({prof.get('samples', 0)} on-CPU samples at 200 Hz)"
+            title = f"**{pod}** ({prof.get('samples', 0)} samples holding the GIL)"
             out.append(title + "\n\n" + md(["function", "inclusive"], rows))
     return "\n\n".join(out)
 
