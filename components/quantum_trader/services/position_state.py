@@ -21,9 +21,13 @@ the heat it writes is ``(sum - old entry + new entry) / equity``. The sum itself
 *not* guarded: guarding it would serialize all replicas through one field (measured: three
 replicas then exhaust the consumer's conflict retries and stall messages until reclaim). With one
 replica the heat is exact after every step; with several, a step may write a heat that misses a
-concurrent step on another symbol, and the next step (or the refresh) puts it right. The periodic
-refresh (``HEAT_REFRESH_SECONDS``, WATCHed, from every position) rewrites entries, sum and heat
-from scratch: it corrects float drift and positions the reconciler corrected.
+concurrent step on another symbol, and the next step (or the refresh) puts it right. Every
+``HEAT_REFRESH_SECONDS`` the heat is rewritten from the running totals (O(1), WATCHed): its wall
+time stays fresh for heat-gate between trades and a replica's missed concurrent step is put right.
+Reading every position is the rebuild (``refresh_heat``), which rewrites entries, sum and heat from
+scratch: at start, whenever the totals' ``state`` is not ``ok`` (an unreadable position; the
+reconciler marks it when it corrects a position, since it writes no risk entry), and every
+``HEAT_REBUILD_SECONDS`` against float drift.
 
 Fail closed: a position hash the refresh cannot read sets ``state`` to ``unreadable:<symbol>``;
 until a refresh reads every position again no step writes heat (the steps are guarded on
@@ -46,7 +50,7 @@ from quantum_trader.bus.step import Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import ExecutionResult
-from quantum_trader.risk.heat import PortfolioHeat, equity, portfolio_heat
+from quantum_trader.risk.heat import PortfolioHeat, equity, heat_from_totals, portfolio_heat
 from quantum_trader.risk.positions import Position, PositionFormatError
 from quantum_trader.risk.settlement import PortfolioView, Settlement, settle
 from quantum_trader.runtime.service import ComponentContext, Service
@@ -58,6 +62,8 @@ SNAPSHOT_STREAM = "position.snapshot"
 CLOSED_STREAM = "trade.closed"
 HEAT_REFRESH_SECONDS = 5.0
 """heat-gate treats heat older than 60 s (wall clock) as stale; refresh well within that"""
+HEAT_REBUILD_SECONDS = 300.0
+"""from every position: the running sum's float drift (increments of %.17g each) stays far below this"""
 
 
 def _flat(mapping: Mapping[str, str]) -> list[str]:
@@ -227,6 +233,7 @@ class PositionStateService(Service):
         super().__init__(ctx)
         self.starting_balance = ctx.policy.simulator.starting_balance
         self._next_refresh = 0.0
+        self._next_rebuild = 0.0
 
     def handlers(self) -> dict[str, Handler]:
         return {RESULT_STREAM: self.on_result}
@@ -235,8 +242,11 @@ class PositionStateService(Service):
         self.refresh_heat()
 
     def idle(self) -> float | None:
-        if time.monotonic() >= self._next_refresh:
+        now = time.monotonic()
+        if now >= self._next_rebuild:
             self.refresh_heat()
+        elif now >= self._next_refresh and not self.refresh_heat_from_totals():
+            self.refresh_heat()  # the totals are not trusted (or missing): rebuild them now
         return None
 
     @no_done_precheck  # in read_state's round trip
@@ -281,6 +291,7 @@ class PositionStateService(Service):
         stale and heat-gate holds (fail closed).
         """
         self._next_refresh = time.monotonic() + HEAT_REFRESH_SECONDS
+        self._next_rebuild = time.monotonic() + HEAT_REBUILD_SECONDS
         client, keys = self.ctx.client, self.ctx.keys
         risk, total = keys.portfolio_risk, keys.portfolio_risk_total
         try:
@@ -312,6 +323,40 @@ class PositionStateService(Service):
         except redis.RedisError as error:
             log.warning("heat refresh failed", extra={"error": str(error)})
             return None
+
+    def refresh_heat_from_totals(self) -> bool:
+        """Rewrite ``portfolio:heat`` from the running totals and the ledger: O(1), whatever is open.
+
+        False when the totals cannot be used (no ``state`` ok, an unreadable sum): the caller rebuilds.
+        WATCHed like the rebuild, so a step that changes the totals meanwhile wins and this round is dropped.
+        """
+        self._next_refresh = time.monotonic() + HEAT_REFRESH_SECONDS
+        client, keys = self.ctx.client, self.ctx.keys
+        try:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.watch(keys.portfolio_heat, keys.ledger_equity, keys.portfolio_risk, keys.portfolio_risk_total)
+                raw_total, raw_state = pipe.hmget(keys.portfolio_risk_total, "open_risk", "state")
+                if text(raw_state) != RISK_OK or raw_total is None:
+                    return False
+                try:
+                    open_risk = float(raw_total)
+                except ValueError:
+                    return False
+                ledger = text_dict(pipe.hgetall(keys.ledger_equity))
+                count = int(pipe.hlen(keys.portfolio_risk))
+                account = equity(
+                    self.starting_balance, float(ledger.get("realized_pnl") or 0), float(ledger.get("fees") or 0)
+                )
+                heat = heat_from_totals(open_risk, count, account)
+                pipe.multi()
+                pipe.hset(keys.portfolio_heat, mapping=heat.to_hash(self.ctx.now_ms()))
+                pipe.execute()
+                return True
+        except redis.WatchError:
+            return True  # a step wrote heat meanwhile: it is fresh
+        except redis.RedisError as error:
+            log.warning("heat refresh failed", extra={"error": str(error)})
+            return True  # retried at the next refresh; not a reason to read every position
 
 
 def build(ctx: ComponentContext) -> Service:

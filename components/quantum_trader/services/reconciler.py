@@ -194,6 +194,9 @@ class Reconciler(Service):
             version=version,
         )
         step.emit("position.snapshot", snapshot, id=f"snap:reconciler:{symbol}:{version}:{now}")
+        # position-state's running heat totals hold this position's old risk: it rebuilds them from
+        # every position once it sees the state is not ok (and writes no heat from them until then)
+        step.write("HSET", keys.portfolio_risk_total, "state", "rebuild:reconciler")
 
 
 def build(ctx: ComponentContext) -> Service:
