@@ -17,6 +17,7 @@ from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import Approval, ExecutionResult, Side
 from quantum_trader.contracts.policy import PolicySpec, SimulatorSpec
 from quantum_trader.exchange.client import ExchangeClient
+from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.exchange.simulator.server import RunningSimulator, run_simulator_in_thread
 from quantum_trader.runtime.service import ComponentContext
 from quantum_trader.runtime.settings import load_settings
@@ -71,10 +72,19 @@ def test_the_client_reads_its_environment_once(monkeypatch: pytest.MonkeyPatch, 
 
 
 class Desk:
-    def __init__(self, redis_url: str, instance: str, r: redis.Redis, sim: RunningSimulator) -> None:
+    """apply-layer in this process, with its one consumer driven by the test (no worker consumers)."""
+
+    def __init__(
+        self, redis_url: str, instance: str, r: redis.Redis, sim: RunningSimulator, request_timeout: float = 10.0
+    ) -> None:
         self.r, self.sim = r, sim
         spec = PolicySpec.model_validate(
-            {"symbols": SYMBOLS, "risk": {"cooldownSeconds": 0, "maxLeverage": 5}, "simulator": {"takerFee": 0.0005}}
+            {
+                "symbols": SYMBOLS,
+                "risk": {"cooldownSeconds": 0, "maxLeverage": 5},
+                "simulator": {"takerFee": 0.0005},
+                "exchange": {"requestTimeoutSeconds": request_timeout},
+            }
         )
         settings = load_settings(
             env={
@@ -111,8 +121,63 @@ class Desk:
 
 
 @pytest.fixture
-def desk(redis_url: str, instance: str, r: redis.Redis, sim: RunningSimulator) -> Desk:
-    return Desk(redis_url, instance, r, sim)
+def desk(
+    redis_url: str, instance: str, r: redis.Redis, sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Desk]:
+    monkeypatch.setenv("QT_APPLY_IN_FLIGHT", "1")
+    d = Desk(redis_url, instance, r, sim)
+    yield d
+    d.service.close()
+
+
+def test_a_batch_of_approvals_is_one_request_and_each_order_is_answered_on_its_own(
+    desk: Desk, client: ExchangeClient
+) -> None:
+    d = desk
+    d.sim.set_price("LATEUSDT", 12.5)
+    for symbol in SYMBOLS:
+        client.set_leverage(symbol, 1)  # the plans' leverage: nothing to set first
+    d.service.start()
+    sent = d.service.exchange.requests_sent
+    d.approve(entry("ETHUSDT", "b-eth", price=3_000, notional=600.0))
+    d.approve(entry("BTCUSDT", "b-btc-too-big", price=60_000, notional=500_000.0))  # past the margin
+    d.approve(entry("LATEUSDT", "b-late", price=12.5, notional=100.0))
+    drain(d.consumer)
+    results = {x.plan_id: x for x in d.results()}
+    assert {p: x.status.value for p, x in results.items()} == {
+        "b-eth": "FILLED",
+        "b-btc-too-big": "REJECTED",
+        "b-late": "FILLED",
+    }
+    assert results["b-btc-too-big"].error_code == -2019, "that order's own refusal, the others filled"
+    assert d.service.exchange.requests_sent - sent == 1, "three orders, one batchOrders request"
+    assert {o["path"] for o in d.sim.orders()} == {"/fapi/v1/batchOrders"}
+    assert d.service.counters["sent_in_batch"] == 2
+    assert results["b-eth"].fee == pytest.approx(results["b-eth"].filled_qty * results["b-eth"].avg_price * 0.0005)
+    assert not d.r.keys(d.keys.in_flight("*"))
+
+
+def test_a_batch_without_an_answer_is_looked_up_order_by_order_and_sent_once(
+    redis_url: str, instance: str, r: redis.Redis, sim: RunningSimulator, client: ExchangeClient, monkeypatch
+) -> None:
+    monkeypatch.setenv("QT_APPLY_IN_FLIGHT", "1")
+    d = Desk(redis_url, instance, r, sim, request_timeout=1.0)
+    try:
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            client.set_leverage(symbol, 1)
+        d.service.start()
+        sim.set_faults(timeoutRate=1.0, timeoutSeconds=3.0)  # the exchange fills the batch, withholds the answer
+        d.approve(entry("BTCUSDT", "w-btc", price=60_000, notional=600.0))
+        d.approve(entry("ETHUSDT", "w-eth", price=3_000, notional=600.0))
+        drain(d.consumer, until=lambda: len(d.results()) == 2)
+        sim.set_faults()
+        assert [x.status.value for x in d.results()] == ["FILLED", "FILLED"]
+        accepted = [o["clientOrderId"] for o in sim.orders() if o["outcome"] == "accepted"]
+        assert sorted(accepted) == sorted(client_order_id(p) for p in ("w-btc", "w-eth")), "each once, looked up"
+        assert d.service.counters["batch_failed"] == 1
+        assert d.service.counters["recovered_after_restart"] == 2
+    finally:
+        d.service.close()
 
 
 def test_each_order_is_one_request_and_its_fee_is_the_exchanges(desk: Desk) -> None:

@@ -64,14 +64,21 @@ from functools import partial
 import redis
 
 from quantum_trader.bus.codec import text, text_dict
-from quantum_trader.bus.consumer import Delivery, Handler, StreamConsumer, independent_steps, no_done_precheck
+from quantum_trader.bus.consumer import (
+    Delivery,
+    Handler,
+    Prepared,
+    StreamConsumer,
+    independent_steps,
+    no_done_precheck,
+)
 from quantum_trader.bus.control import ControlState, parse_control
 from quantum_trader.bus.step import Step, StepOutcome, StepRunner
 from quantum_trader.contracts.admission import Admission
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.messages import Approval, ExecutionResult, PositionSide, ResultStatus
 from quantum_trader.contracts.registry import DLQ_SUFFIX
-from quantum_trader.exchange.client import CommissionRate, ExchangeClient
+from quantum_trader.exchange.client import MAX_BATCH_ORDERS, CommissionRate, ExchangeClient, MarketOrder
 from quantum_trader.exchange.connect import exchange_client
 from quantum_trader.exchange.errors import DISCONNECTED, ConditionalOrderRefused, ExchangeError
 from quantum_trader.exchange.filters import SymbolFilters
@@ -97,6 +104,8 @@ STALE_SCAN_SECONDS = 60.0
 EXCHANGE_RETRY_FIRST_SECONDS = 0.5
 EXCHANGE_RETRY_MAX_SECONDS = 30.0
 """an exchange unreachable at start is tried again after 0.5 s, doubling up to 30 s"""
+BATCH_ORDERS = True
+"""send a read batch's orders together (``send_batch``, batchOrders of up to 5); False: one by one"""
 DLQ_RELEASE_SECONDS = 1.0
 """how often apply-layer looks at its DLQ for reservations to release"""
 DLQ_RELEASE_BATCH = 100
@@ -192,11 +201,14 @@ class ApplyLayer(Service):
         self._count_lock = threading.Lock()
         self._symbols_lock = threading.Lock()
         self._symbol_locks: dict[str, threading.Lock] = {}
+        self._thread_state = threading.local()
         self._next_dlq_look = 0.0
         self._release_group_ready = False
         self._release_steps: StepRunner | None = None
 
     def handlers(self) -> dict[str, Handler]:
+        if BATCH_ORDERS:
+            return {"apply.approved": Prepared(self.on_approval, self.send_batch)}
         return {"apply.approved": self.on_approval}
 
     def start(self) -> None:
@@ -553,11 +565,155 @@ class ApplyLayer(Service):
             marker is not None,
         )
 
+    # ---- a batch's orders together (batchOrders) ---------------------------------------------------
+
+    def send_batch(self, envelopes: list[Envelope[Approval]], deliveries: list[Delivery]) -> None:
+        """Send the orders of a read batch together: ``POST /fapi/v1/batchOrders``, up to 5 a call.
+
+        Only first deliveries whose decision is a plain Send (no leverage to set, its symbol's lock
+        free, one order per symbol in the batch) go this way; every other approval is left to
+        ``on_approval`` as it comes. The rules are those of ``on_approval``: the states are read and
+        decided first, the in-flight markers of exactly the orders to send are set (``SET ... GET``:
+        one already set leaves that approval to ``on_approval``, which looks it up first), then the
+        orders go out. A request that fails as a whole leaves nothing prepared: each of its approvals
+        has its marker set, so ``on_approval`` looks its order up before it sends anything.
+        """
+        prepared = self._prepared_map()
+        prepared.clear()
+        if not self._started:
+            return
+        first = [(e, d) for e, d in zip(envelopes, deliveries, strict=True) if d.deliveries == 1]
+        symbols: set[str] = set()
+        candidates = []
+        for envelope, delivery in first:
+            symbol = envelope.message.plan.symbol
+            if symbol not in symbols:
+                symbols.add(symbol)
+                candidates.append((envelope, delivery))
+        if len(candidates) < 2:
+            return  # one order: on_approval sends it alone
+        states = self.read_order_states([(e.id, e.message.plan.symbol) for e, _ in candidates])
+        sends: list[tuple[Envelope[Approval], Send]] = []
+        for (envelope, delivery), state in zip(candidates, states, strict=True):
+            plan = envelope.message.plan
+            if state.done:
+                continue
+            decision = decide_order(
+                envelope.message,
+                control=state.control,
+                now_ms=self.ctx.now_ms(),
+                open_qty=state.open_qty,
+                open_side=state.open_side,
+                open_opened_at=state.open_opened_at,
+                filters=self.filters.get(plan.symbol),
+                sent_before=maybe_sent(delivery.deliveries, False),
+            )
+            if not isinstance(decision, Send):
+                continue  # refused, or looked up first: on_approval does it
+            if plan.leverage != self.leverage.get(plan.symbol) and not decision.reduce_only:
+                continue  # its leverage is set first, by on_approval
+            sends.append((envelope, decision))
+        locks = []
+        try:
+            chosen = []
+            for envelope, decision in sends:
+                lock = self._symbol_lock(envelope.message.plan.symbol)
+                if lock.acquire(blocking=False):  # another consumer of this process has one in flight
+                    locks.append(lock)
+                    chosen.append((envelope, decision))
+            marked = self.set_markers([e.message.plan.plan_id for e, _ in chosen])
+            chosen = [item for item, already in zip(chosen, marked, strict=True) if not already]
+            for start in range(0, len(chosen), MAX_BATCH_ORDERS):
+                self._send_group(chosen[start : start + MAX_BATCH_ORDERS], prepared)
+        finally:
+            for lock in locks:
+                lock.release()
+
+    def _send_group(
+        self, group: list[tuple[Envelope[Approval], Send]], prepared: dict[str, OrderResult | ExchangeError]
+    ) -> None:
+        orders = [
+            MarketOrder(
+                e.message.plan.symbol,
+                e.message.plan.side,
+                d.qty,
+                client_order_id(e.message.plan.plan_id),
+                d.reduce_only,
+            )
+            for e, d in group
+        ]
+        try:
+            answers = self.exchange.market_orders(orders) if len(orders) > 1 else [self._send_alone(orders[0])]
+        except ExchangeError as error:
+            self.count("batch_failed")
+            self.ctx.log.warning("batch of orders failed: each is looked up first", extra={"error": str(error)})
+            if error.code == DISCONNECTED:
+                self.lost_exchange(error)
+            return
+        self.count("batch_requests")
+        for (envelope, _), answer in zip(group, answers, strict=True):
+            if isinstance(answer, ExchangeError) and (answer.retryable or answer.unknown_outcome):
+                continue  # its marker is set: on_approval looks it up, then sends it if it is not there
+            prepared[envelope.id] = answer
+
+    def _send_alone(self, order: MarketOrder) -> OrderResult | ExchangeError:
+        try:
+            return self.exchange.market_order(*order)
+        except ExchangeError as error:
+            if error.retryable or error.unknown_outcome:
+                raise
+            return error
+
+    def _prepared_map(self) -> dict[str, OrderResult | ExchangeError]:
+        """This consumer thread's orders sent by ``send_batch``, by approval message id."""
+        prepared = getattr(self._thread_state, "prepared", None)
+        if prepared is None:
+            prepared = self._thread_state.prepared = {}
+        return prepared
+
+    def read_order_states(self, wanted: list[tuple[str, str]]) -> list[OrderState]:
+        """``(message id, symbol)`` each: done, position (the kill switch once), without the markers."""
+        keys = self.ctx.keys
+        with self.ctx.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.control)
+            pipe.hgetall(keys.halts)
+            for message_id, symbol in wanted:
+                pipe.exists(keys.done(self.ctx.name, message_id))
+                pipe.hmget(keys.position(symbol), "qty", "side", "opened_at")
+            replies = pipe.execute()
+        control = parse_control(text_dict(replies[0]), text_dict(replies[1]))
+        states = []
+        for n in range(len(wanted)):
+            done, (qty, side, opened_at) = replies[2 + 2 * n], replies[3 + 2 * n]
+            states.append(
+                OrderState(
+                    bool(done),
+                    control,
+                    float(qty) if qty else 0.0,
+                    position_side(side),
+                    int(opened_at) if opened_at and text(opened_at).isdigit() else None,
+                    False,
+                )
+            )
+        return states
+
+    def set_markers(self, plan_ids: list[str]) -> list[bool]:
+        """Set the in-flight markers of ``plan_ids`` (one round trip); True where one was set already."""
+        if not plan_ids:
+            return []
+        with self.ctx.client.pipeline(transaction=False) as pipe:
+            for plan_id in plan_ids:
+                pipe.set(self.ctx.keys.in_flight(plan_id), "1", ex=IN_FLIGHT_TTL_SECONDS, get=True)
+            return [marker is not None for marker in pipe.execute()]
+
     @no_done_precheck  # in read_order_state, right before any request
     @independent_steps  # an approval reads nothing the results of the same batch write
     def on_approval(self, envelope: Envelope[Approval], delivery: Delivery) -> Step:
         if not self._started:  # the rest of a batch read before the exchange went away: left pending
             raise ExchangeError(DISCONNECTED, f"waiting for the exchange: {self._exchange_problem}", retryable=True)
+        sent = self._prepared_map().pop(envelope.id, None)
+        if sent is not None:  # send_batch sent its order with the batch's
+            return self._batch_answer(envelope, sent)
         try:
             with self._symbol_lock(envelope.message.plan.symbol):  # one order per symbol in flight
                 return self._execute(envelope, delivery)
@@ -565,6 +721,17 @@ class ApplyLayer(Service):
             if error.code == DISCONNECTED:
                 self.lost_exchange(error)
             raise  # the approval stays pending; after the exchange is back it is looked up first
+
+    def _batch_answer(self, envelope: Envelope[Approval], sent: OrderResult | ExchangeError) -> Step:
+        approval = envelope.message
+        coid = client_order_id(approval.plan.plan_id)
+        if isinstance(sent, ExchangeError):  # that order alone refused (never retryable: see send_batch)
+            self.count("rejected_by_exchange")
+            return self._result(
+                envelope, approval, coid, ResultStatus.REJECTED, reason=sent.message, error_code=sent.code
+            )
+        self.count("sent_in_batch")
+        return self._order_result(envelope, approval, coid, sent)
 
     def lost_exchange(self, error: ExchangeError) -> None:
         """The exchange stopped answering: read no more approvals until it does (as at start), so an
