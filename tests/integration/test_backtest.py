@@ -66,6 +66,9 @@ def test_two_backtests_write_the_same_ledger_bytes_and_a_full_report(first_run, 
     assert (a / "ledger.json").read_bytes() == (b / "ledger.json").read_bytes()
 
     summary = json.loads((a / "summary.json").read_text())
+    other = json.loads((b / "summary.json").read_text())
+    # the governor's verdicts too: a same-bar entry is refused for the same reason in both runs
+    assert (summary["approvals"], summary["rejections"]) == (other["approvals"], other["rejections"])
     assert summary["bars"] == 2 * BARS and summary["symbols"] == ["BTCUSDT", "ETHUSDT"]
     assert summary["trades"] == len(ledger["trades"])
     # the equity curve is marked from the fills; with everything closed it must land on the ledger's net PnL

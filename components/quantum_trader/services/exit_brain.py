@@ -9,6 +9,10 @@ State: ``state:exit-brain:<symbol>`` (hash ``rev`` + ``data`` JSON), written in 
 outputs it caused and guarded on ``rev``, so a restart keeps watching every position and two
 replicas handling ticks of one symbol cannot overwrite each other (the loser recomputes).
 ``state:exit-brain:index`` is the set of symbols with an open position (for the idle flatten).
+The state is also exit-brain's verdict on each bar, which heat-gate reads before it turns a harvest
+proposal into an exit (``exits.heat.defer_to_exit_brain``): ``evaluated_at`` (the market time of the
+last tick evaluated for the watched trade) and ``pending_plan`` (the exit it has in flight). It is
+written on every tick of a watched position, in the same step as the plan the tick caused.
 
 The kill switch is read with the state on every message (fail closed: a missing control key is
 scope ``all``). The ExitRollout comes from the ``rollout`` hash, refreshed every few seconds; each
