@@ -41,6 +41,7 @@ class AiEngine(Service):
         self.artifact: LoadedArtifact | None = None
         self.predictor: RowPredictor | None = None
         self._warned_mismatch = False
+        self._inference_seconds = metrics.INFERENCE.labels(ctx.name)  # looked up once, not on every bar
         self.baseline_states: HeldStates[baseline.StrategyState] = HeldStates(ctx.client)
         self.ensemble_states: HeldStates[ensemble.EnsembleState] = HeldStates(ctx.client)
         model = ctx.policy.model
@@ -126,7 +127,7 @@ class AiEngine(Service):
             )
             started = time.perf_counter()
             intent = self.infer(vector, ensemble_state)
-            metrics.INFERENCE.labels(self.ctx.name).observe(time.perf_counter() - started)
+            self._inference_seconds.observe(time.perf_counter() - started)
             step = self.ensemble_states.save(Step(), key, stored, ensemble_state, ensemble_state.to_dict())
         if intent is not None:
             self.count("intents")
