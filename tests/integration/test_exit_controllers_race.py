@@ -104,8 +104,9 @@ def pause(stack: Supervisor, component: str, paused: bool) -> None:
     os.kill(pod.popen.pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
 
-def race(redis_url, tmp_path, monkeypatch, first: str, take_profit: float) -> list[tuple[str, bool, tuple]]:
-    """One run with ``first`` ('exit-brain' or 'harvest') handling the bar first; the governor's decisions."""
+def race(redis_url, tmp_path, monkeypatch, first: str, take_profit: float) -> tuple[list, dict[str, int]]:
+    """One run with ``first`` ('exit-brain' or 'harvest') handling the bar first: the governor's decisions
+    and heat-gate's verdict counters."""
     instance = f"race-{first}-{int(take_profit)}-{tmp_path.name[-6:].lower().replace('_', '-')}"
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(instance)
@@ -132,22 +133,34 @@ def race(redis_url, tmp_path, monkeypatch, first: str, take_profit: float) -> li
                  "every stream to drain", stack)  # fmt: skip
         decisions = [(d["plan_id"], d["approved"], tuple(d["reasons"])) for d in stream(r, stack, "governor.decision")]
         assert not r.xlen(keys.dlq("harvest.proposal")), "the proposal was decided, not dead-lettered"
+        # and heat-gate counted the same verdict (its heartbeat carries the counters)
+        wait_for(lambda: sum(heat_gate_verdicts(r, keys).values()) == 1, 30, "heat-gate's counters", stack)
+        verdicts = heat_gate_verdicts(r, keys)
     r.close()
-    return sorted(decisions)
+    return sorted(decisions), verdicts
+
+
+def heat_gate_verdicts(r: redis.Redis, keys: Keys) -> dict[str, int]:
+    """heat-gate's non-zero hold and pass counters, from its heartbeat."""
+    raw = r.hget(keys.heartbeat("heat-gate", "heat-gate-0"), "counters")
+    counters = json.loads(raw) if raw else {}
+    return {k: v for k, v in counters.items() if v and (k.startswith("hold_") or k == "passed")}
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    ("take_profit", "expected_plan"),
+    ("take_profit", "expected_plan", "expected_verdict"),
     [
-        (150.0, exit_plan_id(SYMBOL, OPENED, BAR)),  # 149 reaches the target: exit-brain exits, harvest dropped
-        (140.0, f"heat:harvest:{SYMBOL}:{OPENED}:partial_2r"),  # exit-brain holds: harvest's partial close passes
+        # 149 reaches the target: exit-brain exits, harvest's proposal is dropped
+        (150.0, exit_plan_id(SYMBOL, OPENED, BAR), "hold_exit_brain_exiting"),
+        # exit-brain holds: harvest's partial close passes
+        (140.0, f"heat:harvest:{SYMBOL}:{OPENED}:partial_2r", "passed"),
     ],
 )
 def test_both_arrival_orders_of_the_two_exit_controllers_decide_the_same(
-    redis_url, tmp_path, monkeypatch, take_profit, expected_plan
+    redis_url, tmp_path, monkeypatch, take_profit, expected_plan, expected_verdict
 ):
     brain_first = race(redis_url, tmp_path, monkeypatch, "exit-brain", take_profit)
     harvest_first = race(redis_url, tmp_path, monkeypatch, "harvest", take_profit)
     assert brain_first == harvest_first, (brain_first, harvest_first)
-    assert brain_first == [(expected_plan, True, ())], brain_first
+    assert brain_first == ([(expected_plan, True, ())], {expected_verdict: 1}), brain_first

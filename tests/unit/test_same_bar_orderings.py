@@ -143,16 +143,31 @@ POSITION = {"side": "SHORT", "qty": "8.0", "entry_price": "160.0", "opened_at": 
 HEAT = {"heat": "0.05", "open_risk": "500.0", "equity": "10000.0", "positions": "1", "market_time": str(OPENED)}
 
 
+def settled_snapshot(plan: Plan, state: BrainState, version: int) -> PositionSnapshot:
+    """position-state's snapshot after ``plan`` filled: flat after a whole exit, the rest after a partial."""
+    position = state.position
+    assert position is not None
+    rest = position.qty - plan.qty
+    return PositionSnapshot(
+        symbol=SYMBOL, side=PositionSide.SHORT if rest > 0 else PositionSide.FLAT, qty=max(rest, 0.0),
+        entry_price=ENTRY_PRICE if rest > 0 else 0.0, mark_price=149.0, unrealized_pnl=0.0,
+        stop_loss=STOP if rest > 0 else None, take_profit=position.take_profit if rest > 0 else None,
+        opened_at=OPENED if rest > 0 else 0, time=T, source="position-state", version=version,
+    )  # fmt: skip
+
+
 def race(order: tuple[str, ...], take_profit: float) -> tuple[list[str], list[str]]:
     """One ordering of: exit-brain evaluates the bar, heat-gate tries the proposal (waiting while the
-    verdict is pending: it tries again after every later event), and each plan reaching the governor.
+    verdict is pending: it tries again after every later event), each plan reaching the governor, and
+    position-state settling each approved plan (the position, the heat and exit-brain's snapshot).
     Returns (approved plan ids, heat-gate's hold reasons)."""
     state = watched_state(take_profit)
-    brain_raw: dict[str, str] = {"rev": "1", "data": json.dumps(state.to_json())}
+    position, heat_hash = dict(POSITION), dict(HEAT)
     governor = GovernorState(control=RELEASED, open_positions={SYMBOL: 1_280.0})
     rules = limits(0)
     queue: list[Plan] = []
     approved: list[str] = []
+    to_settle: dict[str, Plan] = {}
     holds: list[str] = []
     gate_waiting = False
 
@@ -160,8 +175,8 @@ def race(order: tuple[str, ...], take_profit: float) -> tuple[list[str], list[st
         """True when heat-gate decided (a plan or a hold), False while it waits."""
         try:
             decision = heat.evaluate(
-                PROPOSAL, HEAT, POSITION, PROPOSAL.time, SETTINGS,
-                kill_switch_hold=False, exit_brain=brain_raw, defers_to_exit_brain=True,
+                PROPOSAL, heat_hash, position, PROPOSAL.time, SETTINGS, kill_switch_hold=False,
+                exit_brain={"rev": "1", "data": json.dumps(state.to_json())}, defers_to_exit_brain=True,
             )  # fmt: skip
         except VerdictPending:
             return False
@@ -171,39 +186,61 @@ def race(order: tuple[str, ...], take_profit: float) -> tuple[list[str], list[st
         queue.append(heat.build_plan(PROPOSAL, decision))
         return True
 
-    def governor_takes_one() -> None:
+    def governor_takes_one(turn: str) -> None:
         nonlocal governor
         if not queue:
             return
         plan = queue.pop(0)
         if decide(plan, governor, rules) is None:
             approved.append(plan.plan_id)
+            to_settle[turn] = plan
             governor = replace(governor, exit_locks={SYMBOL: plan.plan_id})
+
+    def settle(turn: str) -> None:
+        nonlocal state, governor
+        plan = to_settle.pop(turn, None)
+        if plan is None:
+            return
+        snapshot = settled_snapshot(plan, state, version=2 + len(approved))
+        open_positions = {SYMBOL: snapshot.qty * ENTRY_PRICE} if snapshot.qty else {}
+        governor = replace(governor, open_positions=open_positions, exit_locks={},
+                           cooldowns={} if snapshot.qty else {SYMBOL: T})  # fmt: skip
+        position.update(side=snapshot.side.value, qty=repr(snapshot.qty), opened_at=str(snapshot.opened_at),
+                        updated_at=str(T))  # fmt: skip
+        heat_hash["market_time"] = str(T)
+        applied = brain.apply_snapshot(state, snapshot)
+        assert applied is not None
+        state = applied
 
     for event in order:
         if event == "exit-brain":
             outcome = brain.on_tick(state, bar_tick(149.0), RuleSettings(), ExitControl(rollout_live=True))
-            brain_raw = {"rev": "2", "data": json.dumps(outcome.state.to_json())}
+            state = outcome.state
             if outcome.exit is not None:
                 queue.append(brain.exit_plan(outcome.state.position, outcome.exit, outcome.plan_id, 149.0, T))
         elif event == "heat-gate":
             gate_waiting = not gate_tries()
+        elif event.startswith("governor"):
+            governor_takes_one(event.split()[-1])
         else:
-            governor_takes_one()
+            settle(event.split()[-1])
         if gate_waiting and event != "heat-gate":
             gate_waiting = not gate_tries()
-    while queue:
-        governor_takes_one()
-    assert not gate_waiting, "exit-brain judged the bar: the proposal is decided"
+    while queue:  # a plan made after both governor turns of the walk is decided and settled after it
+        governor_takes_one("late")
+        settle("late")
+    assert not to_settle and not gate_waiting, "every plan settled, the proposal decided"
     return approved, holds
 
 
-RACE_EVENTS = ("exit-brain", "heat-gate", "governor 1", "governor 2")
-RACE_ORDERS = list(orderings(RACE_EVENTS, [("governor 1", "governor 2")]))
+RACE_EVENTS = ("exit-brain", "heat-gate", "governor 1", "governor 2", "settle 1", "settle 2")
+RACE_ORDERS = list(
+    orderings(RACE_EVENTS, [("governor 1", "governor 2"), ("governor 1", "settle 1"), ("governor 2", "settle 2")])
+)
 
 
 def test_every_order_of_the_two_controllers_and_the_governor_is_walked() -> None:
-    assert len(RACE_ORDERS) == 12
+    assert len(RACE_ORDERS) == 90  # 6! / (3 * 2 * ...): governor 1 before 2, each before its settlement
 
 
 def test_when_exit_brain_exits_on_the_bar_its_exit_wins_in_every_order() -> None:

@@ -60,7 +60,8 @@ class BrainState:
     last_price: float = 0.0
     last_time: int = 0
     pending_plan: str = ""
-    """the last exit plan for this position, while we wait for its outcome"""
+    """the last exit plan for this position, while we wait for its outcome; after the close, the exit
+    that was in flight when it closed (until a new trade is watched)"""
     ticks_since_plan: int = 0
     shadowed: tuple[str, ...] = ()
     """rules already recorded on exit.shadow for this position"""
@@ -143,11 +144,15 @@ def apply_snapshot(state: BrainState, snapshot: PositionSnapshot) -> BrainState 
         return None
     view = view_of(snapshot)
     if view is None:
+        # the verdict on the trade's last bar (and the exit that closed it) outlives the close, so
+        # heat-gate reads the same verdict before and after the fill settles
         return BrainState(
             applied_version=snapshot.version,
             last_opened_at=state.last_opened_at,
             last_price=state.last_price,
             last_time=state.last_time,
+            pending_plan=state.pending_plan,
+            evaluated_at=state.evaluated_at,
         )
     if state.position is not None and view.same_position(state.position):
         # the same trade (partial fill, moved levels, or the answer to our plan): keep what was

@@ -23,8 +23,9 @@ logs before it acks:
 ``position_flat``               the position is already closed
 ``position_changed``            the position was opened after the proposal: it was for an
                                 earlier trade on the symbol
-``exit_brain_exiting``          exit-brain has an exit in flight for the trade (planned on the
-                                proposal's bar or before it): it decides, the proposal is dropped
+``exit_brain_exiting``          exit-brain judged the proposal's bar with an exit in flight for
+                                the trade (or that exit has closed it): it decides, the proposal
+                                is dropped
 ``heat_below_partial``          the rule below: a PARTIAL_CLOSE while the book is cool
 ==============================  ============================================================
 
@@ -256,21 +257,42 @@ def read_position(raw: Mapping[str, str] | None) -> GatePosition:
     )
 
 
+def read_exit_brain(brain_raw: Mapping[str, str] | None) -> BrainState:
+    """exit-brain's state hash (``state:exit-brain:<symbol>``); raises :class:`VerdictPending` when absent
+    or unreadable (never a reason to pass)."""
+    data = (brain_raw or {}).get("data")
+    if not data:
+        raise VerdictPending("exit-brain has no state for the symbol")
+    try:
+        return BrainState.from_json(json.loads(data))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise VerdictPending(f"exit-brain's state is unreadable: {error}") from None
+
+
+def exit_brain_exiting(proposal: HarvestProposal, brain_raw: Mapping[str, str] | None) -> None:
+    """Raises :class:`Hold` (``exit_brain_exiting``) when exit-brain judged the proposal's bar (or a later
+    one) with an exit in flight, for the trade the proposal is about or a newer one.
+
+    Checked before the position, so the reason does not depend on whether that exit has filled yet:
+    exit-brain's verdict outlives the close (``brain.apply_snapshot``), the position hash does not.
+    """
+    try:
+        state = read_exit_brain(brain_raw)
+    except VerdictPending:
+        return  # no verdict to act on here; defer_to_exit_brain waits for one
+    if state.pending_plan and state.evaluated_at >= proposal.time and state.last_opened_at <= proposal.time:
+        raise Hold(HOLD_EXIT_BRAIN_EXITING, f"exit-brain's {state.pending_plan} closes the trade")
+
+
 def defer_to_exit_brain(proposal: HarvestProposal, position: GatePosition, brain_raw: Mapping[str, str] | None) -> None:
-    """exit-brain's verdict on the proposal's bar, from its state hash (``state:exit-brain:<symbol>``).
+    """exit-brain's verdict on the proposal's bar for the open ``position``.
 
     Returns when exit-brain evaluated that bar (or a later one) for this trade and has no exit in
     flight for it; raises :class:`Hold` (``exit_brain_exiting``) when it has one, and
     :class:`VerdictPending` when it has not judged the bar for this trade yet — including no state,
     an unreadable one, or another trade watched: nothing unknown lets a proposal pass.
     """
-    data = (brain_raw or {}).get("data")
-    if not data:
-        raise VerdictPending("exit-brain has no state for the symbol")
-    try:
-        state = BrainState.from_json(json.loads(data))
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
-        raise VerdictPending(f"exit-brain's state is unreadable: {error}") from None
+    state = read_exit_brain(brain_raw)
     watched = state.position
     if watched is None or watched.opened_at != position.opened_at:
         raise VerdictPending(f"exit-brain is not watching the trade opened at {position.opened_at}")
@@ -326,13 +348,16 @@ def evaluate(
     exit_brain: Mapping[str, str] | None = None,
     defers_to_exit_brain: bool = False,
 ) -> GateDecision:
-    """Every check in order — kill switch, heat, position, exit-brain's verdict (when ``defers_to_exit_brain``:
-    exit-brain runs), rule; raises :class:`Hold` on the first failure, :class:`VerdictPending` to wait.
+    """Every check in order — kill switch, exit-brain exiting, heat, position, exit-brain's verdict on the bar
+    (both when ``defers_to_exit_brain``: exit-brain runs), rule; raises :class:`Hold` on the first failure,
+    :class:`VerdictPending` to wait.
 
     ``now_ms`` is on ``settings.clock`` (:func:`read_heat`).
     """
     if kill_switch_hold:
         raise Hold(HOLD_KILL_SWITCH, "kill switch forces non-baseline exits to SHADOW")
+    if defers_to_exit_brain:
+        exit_brain_exiting(proposal, exit_brain)
     heat = read_heat(heat_raw, now_ms, settings)
     position = read_position(position_raw)
     if settings.clock is HeatClock.MARKET and heat.time < position.updated_at:
