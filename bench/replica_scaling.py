@@ -17,7 +17,8 @@ For every configuration the report has:
 - the **core-bound ceiling**: 2 cores / CPU per order. When orders/s is near it, the cores are used
   up and more replicas cannot help; when it is far below, a serial stage (one order in flight per
   apply-layer process, one batch at a time per consumer) is what limits, and replicas of that stage
-  can help until the ceiling;
+  can help until the ceiling. On a shared machine the cores other programs used during the run are
+  not ours: ``left_cores_ceiling`` is (2 - others' cores) / CPU per order, run by run;
 - each stage's own orders/s (n - 1 over the span of its outputs), which shows which stage is slowest.
 
 Results: a table on stdout and ``bench/results/NAME.json`` (default ``replica_scaling``).
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ms_per_order": cpu_ms,
             "core_bound_ceiling_orders_per_s": ceiling,
             "share_of_ceiling": round(rate / ceiling, 2),
+            "left_cores_ceiling_orders_per_s": median_of(
+                group,
+                lambda run: (
+                    max(0.0, cores - run["cpu"]["other_processes_cores"]) * 1000 / run["cpu"]["cpu_ms_per_order_total"]
+                ),
+            ),
             "stage_orders_per_s": {
                 stage: median_of(group, lambda run, stage=stage: run["throughput"][stage]["per_s"] or 0.0)
                 for stage in pipeline.STAGES

@@ -189,6 +189,7 @@ def scaling_table(data: dict) -> str:
                 fmt(s["cpu_ms_per_order"], 2),
                 fmt(s["core_bound_ceiling_orders_per_s"]),
                 f"{100 * s['share_of_ceiling']:.0f} %",
+                fmt(s.get("left_cores_ceiling_orders_per_s")),
                 fmt(s["stage_orders_per_s"]["apply-layer + exchange-sim"]),
                 " / ".join(fmt(c, 2) for c in s["other_processes_cores"]),
             ]
@@ -204,6 +205,7 @@ def scaling_table(data: dict) -> str:
             "CPU ms/order",
             "2-core ceiling /s",
             "of ceiling",
+            "ceiling on the cores left /s",
             "apply stage /s",
             "others' cores",
         ],
