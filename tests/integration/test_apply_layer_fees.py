@@ -157,6 +157,31 @@ def test_a_batch_of_approvals_is_one_request_and_each_order_is_answered_on_its_o
     assert not d.r.keys(d.keys.in_flight("*"))
 
 
+def test_a_symbols_later_approvals_of_a_batch_wait_for_its_first(desk: Desk, client: ExchangeClient) -> None:
+    """Only a symbol's first approval of a batch can go in the batch request, and only as a first delivery:
+    a redelivered first one is looked up (and sent) before the symbol's next one is sent."""
+    d = desk
+    d.sim.set_price("LATEUSDT", 12.5)
+    for symbol in SYMBOLS:
+        client.set_leverage(symbol, 1)
+    d.service.start()
+    d.approve(entry("ETHUSDT", "o-eth-1", price=3_000, notional=600.0))
+    d.approve(entry("ETHUSDT", "o-eth-2", price=3_000, notional=600.0))
+    d.approve(entry("BTCUSDT", "o-btc", price=60_000, notional=600.0))
+    d.approve(entry("LATEUSDT", "o-late", price=12.5, notional=100.0))
+    read = d.r.xreadgroup(d.ctx.name, d.ctx.pod, {d.keys.stream("apply.approved"): ">"}, count=10)
+    entries = [(entry_id, fields) for _, batch in read for entry_id, fields in batch]
+    # the first ETH approval comes as a redelivery (an earlier attempt may have sent it)
+    d.consumer.handle_batch("apply.approved", [(e, f, 2 if n == 0 else 1) for n, (e, f) in enumerate(entries)])
+    assert [x.status.value for x in d.results()] == ["FILLED"] * 4
+    log = [(o["clientOrderId"], o["path"]) for o in d.sim.orders()]
+    coid = client_order_id
+    assert sorted(log[:2]) == sorted(
+        [(coid("o-btc"), "/fapi/v1/batchOrders"), (coid("o-late"), "/fapi/v1/batchOrders")]
+    )
+    assert log[2:] == [(coid("o-eth-1"), "/fapi/v1/order"), (coid("o-eth-2"), "/fapi/v1/order")], "ETH in order"
+
+
 def test_a_batch_without_an_answer_is_looked_up_order_by_order_and_sent_once(
     redis_url: str, instance: str, r: redis.Redis, sim: RunningSimulator, client: ExchangeClient, monkeypatch
 ) -> None:

@@ -42,12 +42,21 @@ a time. To Redis and the exchange they are replicas: every rule above holds for 
 does across replicas — the done key, kill switch and marker are read right before each request,
 the client order id makes a second order for a plan impossible, a redelivery is looked up first,
 and a worker's pending approvals are its own backlog after a restart (same pod) or reclaimed
-(XAUTOCLAIM) otherwise. In the process, one symbol has at most one order in flight
-(``_symbol_lock``): an exit reads the open quantity only once no other order of the process is
-changing it. The governor allows at most one entry and one exit per symbol in flight at all; which
-of two such approvals of one symbol, taken by two consumers at once, goes first is not the stream's
-order — as with two replicas. The HTTP requests run on one kept-alive connection per thread
+(XAUTOCLAIM) otherwise. In the process, one symbol has at most one order at the exchange at a
+time (``_symbol_lock``, held from the state read to the answer). The governor allows at most one
+entry and one exit per symbol in flight at all; which of two such approvals of one symbol, taken by
+two consumers at once, goes first is not the stream's order — as with two replicas (within one
+consumer it is). The HTTP requests run on one kept-alive connection per thread
 (``exchange.transport``), so they wait for the exchange side by side.
+
+A read batch's orders go out together (``send_batch``, ``BATCH_ORDERS``): the batch's states are
+read in one pipeline and decided as ``on_approval`` decides them, the markers of exactly the orders
+to send are set, and those orders go in ``POST /fapi/v1/batchOrders`` calls of up to 5 — each a
+symbol's first approval of the batch (its later ones wait for it, in order), a first delivery, a
+plain MARKET send with no leverage to set. Each order keeps its own answer: a fill, or a refusal of
+that order alone. Everything else — redeliveries, refusals, leverage changes, orders a whole failed
+batch request left unanswered (their markers are set: looked up first) — goes through
+``on_approval`` one by one.
 """
 
 from __future__ import annotations
@@ -570,8 +579,8 @@ class ApplyLayer(Service):
     def send_batch(self, envelopes: list[Envelope[Approval]], deliveries: list[Delivery]) -> None:
         """Send the orders of a read batch together: ``POST /fapi/v1/batchOrders``, up to 5 a call.
 
-        Only first deliveries whose decision is a plain Send (no leverage to set, its symbol's lock
-        free, one order per symbol in the batch) go this way; every other approval is left to
+        Only a symbol's first approval in the batch, when it is a first delivery and its decision is a
+        plain Send (no leverage to set, its symbol's lock free), goes this way; every other one is left to
         ``on_approval`` as it comes. The rules are those of ``on_approval``: the states are read and
         decided first, the in-flight markers of exactly the orders to send are set (``SET ... GET``:
         one already set leaves that approval to ``on_approval``, which looks it up first), then the
@@ -582,13 +591,14 @@ class ApplyLayer(Service):
         prepared.clear()
         if not self._started:
             return
-        first = [(e, d) for e, d in zip(envelopes, deliveries, strict=True) if d.deliveries == 1]
         symbols: set[str] = set()
         candidates = []
-        for envelope, delivery in first:
+        for envelope, delivery in zip(envelopes, deliveries, strict=True):
             symbol = envelope.message.plan.symbol
-            if symbol not in symbols:
-                symbols.add(symbol)
+            if symbol in symbols:
+                continue  # a symbol's later approvals wait for its first one: on_approval, in order
+            symbols.add(symbol)
+            if delivery.deliveries == 1:  # a redelivery is looked up first, by on_approval
                 candidates.append((envelope, delivery))
         if len(candidates) < 2:
             return  # one order: on_approval sends it alone
@@ -709,11 +719,11 @@ class ApplyLayer(Service):
     @no_done_precheck  # in read_order_state, right before any request
     @independent_steps  # an approval reads nothing the results of the same batch write
     def on_approval(self, envelope: Envelope[Approval], delivery: Delivery) -> Step:
+        sent = self._prepared_map().pop(envelope.id, None)
+        if sent is not None:  # send_batch sent its order with the batch's (and has its answer)
+            return self._batch_answer(envelope, sent)
         if not self._started:  # the rest of a batch read before the exchange went away: left pending
             raise ExchangeError(DISCONNECTED, f"waiting for the exchange: {self._exchange_problem}", retryable=True)
-        sent = self._prepared_map().pop(envelope.id, None)
-        if sent is not None:  # send_batch sent its order with the batch's
-            return self._batch_answer(envelope, sent)
         try:
             with self._symbol_lock(envelope.message.plan.symbol):  # one order per symbol in flight
                 return self._execute(envelope, delivery)

@@ -355,35 +355,18 @@ class SimulatorApp:
             await self.order_log.written()
             return _rejection_response(error)
         answers: list[dict[str, Any]] = []
-        placed: list[tuple[Mapping[str, str], dict[str, Any]]] = []
+        placed = 0
         for order_params in orders:
             try:
                 body = self._place(dict(order_params)).to_binance()
             except SimRejection as error:
                 status = error.status if isinstance(error, HttpRejection) else 400
-                self.order_log.record(
-                    time=now,
-                    method="POST",
-                    path=request.path,
-                    params=dict(order_params),
-                    outcome="rejected",
-                    status=status,
-                    code=error.code,
-                    msg=error.message,
-                )
+                record_all([order_params], outcome="rejected", status=status, code=error.code, msg=error.message)
                 answers.append({"code": error.code, "msg": error.message})
                 continue
-            placed.append((order_params, body))
+            placed += 1
             answers.append(body)
-            self.order_log.record(
-                time=now,
-                method="POST",
-                path=request.path,
-                params=dict(order_params),
-                outcome="accepted",
-                status=200,
-                order=body,
-            )
+            record_all([order_params], outcome="accepted", status=200, order=body)
         await self.order_log.written()
         if placed and self.faults.withhold_answer():
             log.info(
