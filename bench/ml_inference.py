@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=5000)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a small training slice instead of the shipped command")
+    parser.add_argument("--output", default="", help="results file name (default ml_inference[-quick])")
     args = parser.parse_args()
     quiet = wait_for_quiet(60)
     results: dict[str, object] = {"machine": {**machine(), **quiet}}
@@ -215,7 +216,7 @@ def main() -> None:
             f"training: {t['wall_seconds']} s wall, {t['cpu_seconds']} s CPU, peak RSS {t['peak_rss_mb']} MB, "  # type: ignore[index]
             f"digest {t['digest']}"
         )  # type: ignore[index]
-    print(write_results("ml_inference-quick" if args.quick else "ml_inference", results))
+    print(write_results(args.output or ("ml_inference-quick" if args.quick else "ml_inference"), results))
 
 
 if __name__ == "__main__":
