@@ -25,6 +25,14 @@ as apply-layer's order does, would otherwise flush every step alone), each step 
 exactly-once script. Handlers that read their own stage's writes (say position-state, whose heat
 builds on the previous step's totals) are stepped one by one.
 
+The steps a batch ends with — the last message's of a handler stepped one by one, the last
+deferred ones of an ``independent_steps`` handler — go in the pipeline of the consumer's next
+XREADGROUP instead of a round trip of their own. Redis runs the pipeline in order, so they are
+applied before the read, as they were before it; their outcomes are settled (a conflict recomputed)
+before any entry the read brought is handled. ``poll_once`` keeps reading this way for at most
+``TAIL_CHAIN_SECONDS`` and never returns with a step unapplied, so a caller sees every effect of the
+entries it counted.
+
 A handler wrapped in :class:`Prepared` gets the batch's messages once, before it runs for each of
 them, so that what it reads (or a script it runs) for every message goes in one round trip for the
 batch: intent-bridge reads the positions' sides, the governor decides every plan of the batch in one
@@ -156,12 +164,17 @@ class _Pending:
     envelope: Envelope
     delivery: Delivery
     started: float
+    ended: float = 0.0
+    """when its handling ended, if its step's outcome is learnt later (sent with the next read)"""
 
 
 class StreamConsumer:
     MAX_CONFLICT_RETRIES = 20
     STEP_FLUSH = 20
     STEP_WAIT = 0.005
+    TAIL_CHAIN_SECONDS = 0.05
+    """how long one ``poll_once`` keeps sending a batch's last steps with the next read before it
+    sends them alone and returns (the runner's kill-switch and heartbeat work waits meanwhile)"""
     """independent steps are applied at least every ``STEP_FLUSH`` messages, and as soon as the first
     of them has waited ``STEP_WAIT`` seconds: deferring saves round trips, not latency"""
 
@@ -193,6 +206,8 @@ class StreamConsumer:
         self._backlog = True
         self._backlog_cursor = {keys.stream(s): "0" for s in handlers}
         self._last_reclaim = 0.0
+        self._tail: list[tuple[_Pending, Step]] = []
+        """the last batch's steps not applied yet: they go in the next read's pipeline"""
 
     # --- groups -------------------------------------------------------------------------------
     def ensure_groups(self) -> None:
@@ -212,15 +227,28 @@ class StreamConsumer:
             self.reclaim()
         if self._backlog:
             handled = self._read(None, None)
+            self._flush_tail()
             if handled:
                 return handled
             self._backlog = False
-        return self._read(">", block_ms)
+        handled = self._read(">", block_ms)
+        chain_until = time.monotonic() + self.TAIL_CHAIN_SECONDS
+        while self._tail and time.monotonic() < chain_until:
+            handled += self._read(">", block_ms)
+        self._flush_tail()  # never return with a step unapplied
+        return handled
 
     def _read(self, start_id: str | None, block_ms: int | None) -> int:
-        """``start_id`` None reads this consumer's own pending entries after the backlog cursor."""
+        """``start_id`` None reads this consumer's own pending entries after the backlog cursor.
+
+        The last batch's steps not applied yet go first in the same pipeline: Redis applies them
+        before the read, as a round trip of their own would, so the next handler sees their writes.
+        """
         streams = dict(self._backlog_cursor) if start_id is None else {k: start_id for k in self._backlog_cursor}
-        response = self.client.xreadgroup(self.group, self.consumer, streams, count=self.batch, block=block_ms)
+        if self._tail:
+            response = self._read_after_tail(streams, block_ms)
+        else:
+            response = self.client.xreadgroup(self.group, self.consumer, streams, count=self.batch, block=block_ms)
         handled = 0
         for stream_key, entries in response or []:
             key = text(stream_key)
@@ -235,11 +263,35 @@ class StreamConsumer:
                     self._backlog_cursor[key] = text(entry_id)
                 batch.append((text(entry_id), fields, deliveries))
                 handled += 1
-            self.handle_batch(self._stream_of_key[key], batch)
+            self.handle_batch(self._stream_of_key[key], batch, carry=start_id is not None)
         return handled
 
-    def handle_batch(self, stream: str, batch: list[tuple[str, dict, int]]) -> None:
-        """Handle ``(entry_id, fields, deliveries)`` entries of one stream, in order (see the module doc)."""
+    def _read_after_tail(self, streams: dict[str, str], block_ms: int | None) -> list:
+        """The tail's steps and the read in one pipeline; the steps' outcomes are settled before any entry."""
+        tail = list(self._tail)
+        self._tail.clear()
+        calls = [(step, p.envelope.id, p.delivery.stream, self.group, p.delivery.entry_id) for p, step in tail]
+        self.steps.ensure_loaded()
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                self.steps.queue(pipe, calls)
+                pipe.xreadgroup(self.group, self.consumer, streams, count=self.batch, block=block_ms)
+                replies = pipe.execute(raise_on_error=False)
+        except Exception as error:  # the connection dropped: the steps stay pending, reclaim retries them
+            self._settle(tail, [error] * len(tail))
+            raise
+        self._settle(tail, self.steps.outcomes(replies[:-1]))
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
+        return replies[-1]
+
+    def handle_batch(self, stream: str, batch: list[tuple[str, dict, int]], *, carry: bool = False) -> None:
+        """Handle ``(entry_id, fields, deliveries)`` entries of one stream, in order (see the module doc).
+
+        ``carry``: the batch's last steps may be left for the next read's pipeline (``poll_once``
+        sends them before it returns); otherwise every step is applied before this returns.
+        """
+        self._flush_tail()  # another stream's: applied before any handler of this batch reads
         pending: list[_Pending] = []
         for entry_id, fields, deliveries in batch:
             started = time.perf_counter()
@@ -275,7 +327,10 @@ class StreamConsumer:
             if repeated:  # the same message twice in one batch: the first one's step must be applied first
                 self._flush(deferred)
             if not together or repeated:
-                self._run(item, checked=not repeated)
+                if carry and not repeated and item is pending[-1]:
+                    self._run_later(handler, item)
+                else:
+                    self._run(item, checked=not repeated)
                 continue
             try:
                 answer = handler(item.envelope, item.delivery)
@@ -293,9 +348,35 @@ class StreamConsumer:
             deferred.append((item, answer or Step()))
             if len(deferred) >= self.STEP_FLUSH or time.perf_counter() - deferred_since >= self.STEP_WAIT:
                 self._flush(deferred)
+        if carry:
+            ended = time.perf_counter()
+            for item, _ in deferred:
+                item.ended = ended
+            self._tail.extend(deferred)
+            deferred.clear()
         self._flush(deferred)
         if acks:
             self.client.xack(stream_key, self.group, *acks)
+
+    def _run_later(self, handler: Handler, item: _Pending) -> None:
+        """Handle the batch's last message now; its step goes with the next read (see ``_read``)."""
+        try:
+            answer = handler(item.envelope, item.delivery)
+        except Exception as error:
+            self._failed(item, error)
+            return
+        if isinstance(answer, StepOutcome):  # the handler ran its own step
+            if answer is StepOutcome.CONFLICT:
+                self._run(item, checked=False)
+            else:
+                self._finish(item, answer)
+            return
+        item.ended = time.perf_counter()
+        self._tail.append((item, answer or Step()))
+
+    def _flush_tail(self) -> None:
+        if self._tail:
+            self._flush(self._tail)
 
     def _prepare(self, handler: Prepared, items: list[_Pending]) -> None:
         """The handler's preparation for the batch; a failure only costs its round trip (see the module doc)."""
@@ -365,8 +446,14 @@ class StreamConsumer:
             outcomes: list[StepOutcome | Exception] = self.steps.run_many(calls)
         except Exception as error:  # e.g. the connection dropped: every one stays pending, reclaim retries
             outcomes = [error] * len(items)
+        self._settle(items, outcomes)
+
+    def _settle(self, items: list[tuple[_Pending, Step]], outcomes: list[StepOutcome | Exception]) -> None:
+        """Count applied steps; a conflict, or a script the server did not know, is recomputed on its own."""
         for (item, _), outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, redis.exceptions.NoScriptError):  # a restarted server: its own call loads it
+                self._run(item, checked=False)
+            elif isinstance(outcome, Exception):
                 self._failed(item, outcome)
             elif outcome is StepOutcome.CONFLICT:
                 self._run(item, checked=False)
@@ -397,11 +484,11 @@ class StreamConsumer:
         self.stats.last_event_ms = int(time.time() * 1000)
         if outcome is StepOutcome.DUPLICATE:
             self.stats.duplicates += 1
-            self._observe(stream, "duplicate", item.started)
+            self._observe(stream, "duplicate", item.started, item.ended)
         else:
             self.stats.processed += 1
             self.stats.per_stream[stream] = self.stats.per_stream.get(stream, 0) + 1
-            self._observe(stream, "processed", item.started)
+            self._observe(stream, "processed", item.started, item.ended)
 
     def handle_entry(self, stream: str, entry_id: str, fields: dict, deliveries: int) -> None:
         """Handle one entry on its own (reclaimed entries; tests), checking its done key first."""
@@ -509,6 +596,6 @@ class StreamConsumer:
     def _ack(self, stream_key: str, entry_id: bytes | str) -> None:
         self.client.xack(stream_key, self.group, entry_id)
 
-    def _observe(self, stream: str, outcome: str, started: float) -> None:
+    def _observe(self, stream: str, outcome: str, started: float, ended: float = 0.0) -> None:
         if self._observer is not None:
-            self._observer(stream, outcome, time.perf_counter() - started)
+            self._observer(stream, outcome, (ended or time.perf_counter()) - started)

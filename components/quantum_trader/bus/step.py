@@ -145,21 +145,30 @@ class StepRunner:
         """
         if not steps:
             return []
-        calls = []
-        for step, message_id, input_stream, group, entry_id in steps:
-            done_key = self._keys.done(self._stage, message_id)
-            stream_key = self._keys.stream(input_stream) if input_stream else done_key
-            calls.append((done_key, stream_key, self.payload(step, group, entry_id)))
-        if not self._loaded:  # a pipeline cannot load it on the first miss: every call of it would fail
-            self._script.sha = self._client.script_load(self._script.script)
-            self._loaded = True
+        self.ensure_loaded()
         for attempt in range(2):
             with self._client.pipeline(transaction=False) as pipe:
-                for done_key, stream_key, payload in calls:
-                    pipe.evalsha(self._script.sha, 2, done_key, stream_key, payload)
+                self.queue(pipe, steps)
                 replies = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 self._script.sha = self._client.script_load(self._script.script)  # a restarted or new server
                 continue
             break
+        return self.outcomes(replies)
+
+    def ensure_loaded(self) -> None:
+        """Load the script once: a pipeline cannot load it on the first miss (every call of it would fail)."""
+        if not self._loaded:
+            self._script.sha = self._client.script_load(self._script.script)
+            self._loaded = True
+
+    def queue(self, pipe: redis.client.Pipeline, steps: list[tuple[Step, str, str, str, str]]) -> None:
+        """Add the steps' script calls to ``pipe`` (after :meth:`ensure_loaded`); :meth:`outcomes` reads the replies."""
+        for step, message_id, input_stream, group, entry_id in steps:
+            done_key = self._keys.done(self._stage, message_id)
+            stream_key = self._keys.stream(input_stream) if input_stream else done_key
+            pipe.evalsha(self._script.sha, 2, done_key, stream_key, self.payload(step, group, entry_id))
+
+    @staticmethod
+    def outcomes(replies: list) -> list[StepOutcome | Exception]:
         return [r if isinstance(r, Exception) else StepOutcome(int(r)) for r in replies]

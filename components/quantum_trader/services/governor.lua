@@ -84,8 +84,7 @@ end
 -- small; above that, a count that differs from HLEN triggers the same rebuild, once. A value that is
 -- not a finite number leaves no totals, so every plan sums again and counts it as everything (fail closed).
 local RESUM_UP_TO = 64
-local function total_of(key, totals)
-  local n = redis.call('HLEN', key)
+local function total_of(key, totals, n)  -- n: HLEN of key, read once per plan
   local kept = redis.call('HMGET', totals, 'sum', 'count')
   local sum = tonumber(kept[1])
   if n > RESUM_UP_TO and finite(sum) and tonumber(kept[2]) == n then return sum end
@@ -123,10 +122,12 @@ local function entry_reason(t, notional)
   if redis.call('ZCOUNT', KEYS[9], '(' .. int_text(t - five), '(' .. int_text(t + five)) >= tonumber(p.per_5m) then
     return 'rate_5m'
   end
-  if redis.call('HLEN', KEYS[8]) + redis.call('HLEN', KEYS[5]) >= tonumber(p.max_open) then
+  local open_n, reserved_n = redis.call('HLEN', KEYS[8]), redis.call('HLEN', KEYS[5])
+  if open_n + reserved_n >= tonumber(p.max_open) then
     return 'max_open_positions'
   end
-  if exceeds(total_of(KEYS[8], KEYS[13]) + total_of(KEYS[5], KEYS[14]) + notional, tonumber(p.max_total)) then
+  local in_use = total_of(KEYS[8], KEYS[13], open_n) + total_of(KEYS[5], KEYS[14], reserved_n)
+  if exceeds(in_use + notional, tonumber(p.max_total)) then
     return 'max_total_notional'
   end
   return nil
