@@ -11,16 +11,8 @@ from quantum_trader.bus.publish import publish
 from quantum_trader.bus.step import Output, Step
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.keys import Keys
-from quantum_trader.contracts.messages import FeatureVector, Tick
 from quantum_trader.contracts.policy import StreamRetention
-
-
-def tick(t: int) -> Tick:
-    return Tick(symbol="BTCUSDT", price=100.0, bid=100.0, ask=100.0, volume=1, event_time=t, source="synthetic:test")
-
-
-def vector(t: int) -> FeatureVector:
-    return FeatureVector(symbol="BTCUSDT", time=t, feature_set="test", names=("x",), values=(1.0,), price=1.0)
+from tests.integration.test_bus_deferral_and_connection import tick, vector
 
 
 def make(r: redis.Redis, keys: Keys, handler) -> StreamConsumer:

@@ -9,11 +9,13 @@ field, is judged by the side alone (positions can always be closed).
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from quantum_trader.contracts.envelope import decode, encode
 from quantum_trader.contracts.messages import Plan, Side
 from quantum_trader.risk.limits import Limits
+from quantum_trader.runtime.service import ComponentContext
 from quantum_trader.services.governor import GovernorScript
 from tests.integration._governor_support import T0, approvals, context, decisions, exit_plan, policy, release
 
@@ -29,7 +31,7 @@ def hold(r: redis.Redis, keys, side: str, opened_at: int | None) -> None:
     r.hset(keys.position(SYMBOL), mapping=fields)
 
 
-def decide(ctx, plan: Plan) -> str:
+def decide(ctx: ComponentContext, plan: Plan) -> str:
     script = GovernorScript(ctx.client, ctx.keys, Limits.from_policy(ctx.policy), ctx.policy.streams)
     verdict = script.decide(decode(encode(plan, id=plan.plan_id), Plan), group="governor", entry_id="", now_ms=1)
     assert verdict.decided
@@ -40,12 +42,16 @@ def for_trade(plan: Plan, opened_at: int | None) -> Plan:
     return plan.model_copy(update={"position_opened_at": opened_at})
 
 
-def test_an_exit_for_another_trade_is_refused_as_no_open_position(
-    redis_url: str, instance: str, r: redis.Redis
-) -> None:
-    ctx = context(redis_url, instance, policy(), "governor")
+@pytest.fixture
+def ctx(redis_url: str, instance: str, r: redis.Redis) -> ComponentContext:
+    """A governor's context, the kill switch released."""
+    governor = context(redis_url, instance, policy(), "governor")
+    release(r, governor.keys)
+    return governor
+
+
+def test_an_exit_for_another_trade_is_refused_as_no_open_position(ctx: ComponentContext, r: redis.Redis) -> None:
     keys = ctx.keys
-    release(r, keys)
     hold(r, keys, "LONG", OPENED)
     stale = for_trade(exit_plan(SYMBOL, "stale", time=T0), OPENED - 1)  # the trade before this one
     wrong_side = for_trade(exit_plan(SYMBOL, "wrong-side", time=T0 + 1, side=Side.BUY), OPENED)
@@ -60,11 +66,9 @@ def test_an_exit_for_another_trade_is_refused_as_no_open_position(
 
 
 def test_an_exit_that_names_no_trade_or_meets_no_opened_at_is_judged_by_its_side(
-    redis_url: str, instance: str, r: redis.Redis
+    ctx: ComponentContext, r: redis.Redis
 ) -> None:
-    ctx = context(redis_url, instance, policy(), "governor")
     keys = ctx.keys
-    release(r, keys)
     hold(r, keys, "SHORT", None)  # a position hash without opened_at (written before the field existed)
     assert decide(ctx, for_trade(exit_plan(SYMBOL, "named", time=T0, side=Side.BUY), OPENED)) == "approved"
     r.hdel(keys.exit_locks, SYMBOL)

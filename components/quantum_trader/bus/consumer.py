@@ -332,20 +332,12 @@ class StreamConsumer:
                 else:
                     self._run(item, checked=not repeated)
                 continue
-            try:
-                answer = handler(item.envelope, item.delivery)
-            except Exception as error:
-                self._failed(item, error)
-                continue
-            if isinstance(answer, StepOutcome):  # the handler ran its own step
-                if answer is StepOutcome.CONFLICT:
-                    self._run(item, checked=True)
-                else:
-                    self._finish(item, answer)
+            step = self._handled(handler, item)
+            if step is None:
                 continue
             if not deferred:
                 deferred_since = time.perf_counter()
-            deferred.append((item, answer or Step()))
+            deferred.append((item, step))
             if len(deferred) >= self.STEP_FLUSH or time.perf_counter() - deferred_since >= self.STEP_WAIT:
                 self._flush(deferred)
         if carry:
@@ -358,21 +350,31 @@ class StreamConsumer:
         if acks:
             self.client.xack(stream_key, self.group, *acks)
 
-    def _run_later(self, handler: Handler, item: _Pending) -> None:
-        """Handle the batch's last message now; its step goes with the next read (see ``_read``)."""
+    def _handled(self, handler: Handler, item: _Pending) -> Step | None:
+        """Run the handler once; the Step to apply later, or None when nothing is left to apply.
+
+        A failure leaves the message pending; a handler that ran its own step is counted here (its
+        conflict is recomputed at once, on its own).
+        """
         try:
             answer = handler(item.envelope, item.delivery)
         except Exception as error:
             self._failed(item, error)
-            return
+            return None
         if isinstance(answer, StepOutcome):  # the handler ran its own step
             if answer is StepOutcome.CONFLICT:
-                self._run(item, checked=False)
+                self._run(item, checked=True)
             else:
                 self._finish(item, answer)
-            return
-        item.ended = time.perf_counter()
-        self._tail.append((item, answer or Step()))
+            return None
+        return answer or Step()
+
+    def _run_later(self, handler: Handler, item: _Pending) -> None:
+        """Handle the batch's last message now; its step goes with the next read (see ``_read``)."""
+        step = self._handled(handler, item)
+        if step is not None:
+            item.ended = time.perf_counter()
+            self._tail.append((item, step))
 
     def _flush_tail(self) -> None:
         if self._tail:
