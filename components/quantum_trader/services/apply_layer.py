@@ -66,6 +66,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
@@ -115,6 +116,8 @@ EXCHANGE_RETRY_MAX_SECONDS = 30.0
 """an exchange unreachable at start is tried again after 0.5 s, doubling up to 30 s"""
 BATCH_ORDERS = True
 """send a read batch's orders together (``send_batch``, batchOrders of up to 5); False: one by one"""
+BATCH_REQUESTS_IN_FLIGHT = 4
+"""batchOrders requests of one read batch sent side by side"""
 DLQ_RELEASE_SECONDS = 1.0
 """how often apply-layer looks at its DLQ for reservations to release"""
 DLQ_RELEASE_BATCH = 100
@@ -211,6 +214,7 @@ class ApplyLayer(Service):
         self._symbols_lock = threading.Lock()
         self._symbol_locks: dict[str, threading.Lock] = {}
         self._thread_state = threading.local()
+        self._sender_pool: ThreadPoolExecutor | None = None
         self._next_dlq_look = 0.0
         self._release_group_ready = False
         self._release_steps: StepRunner | None = None
@@ -287,6 +291,8 @@ class ApplyLayer(Service):
         self.ctx.stop.set()
         for thread, _ in self._workers:
             thread.join(10)
+        if self._sender_pool is not None:
+            self._sender_pool.shutdown(wait=True)
         self.exchange.close()
 
     def reach_exchange(self) -> bool:
@@ -633,8 +639,11 @@ class ApplyLayer(Service):
                     chosen.append((envelope, decision))
             marked = self.set_markers([e.message.plan.plan_id for e, _ in chosen])
             chosen = [item for item, already in zip(chosen, marked, strict=True) if not already]
-            for start in range(0, len(chosen), MAX_BATCH_ORDERS):
-                self._send_group(chosen[start : start + MAX_BATCH_ORDERS], prepared)
+            groups = [chosen[start : start + MAX_BATCH_ORDERS] for start in range(0, len(chosen), MAX_BATCH_ORDERS)]
+            if len(groups) == 1:
+                self._send_group(groups[0], prepared)
+            else:  # side by side, each on its thread's kept connection: the exchange works while we wait
+                list(self._senders().map(lambda group: self._send_group(group, prepared), groups))
         finally:
             for lock in locks:
                 lock.release()
@@ -665,6 +674,13 @@ class ApplyLayer(Service):
             if isinstance(answer, ExchangeError) and (answer.retryable or answer.unknown_outcome):
                 continue  # its marker is set: on_approval looks it up, then sends it if it is not there
             prepared[envelope.id] = answer
+
+    def _senders(self) -> ThreadPoolExecutor:
+        """The threads a batch's requests go out on (``BATCH_REQUESTS_IN_FLIGHT``), made once."""
+        with self._symbols_lock:
+            if self._sender_pool is None:
+                self._sender_pool = ThreadPoolExecutor(BATCH_REQUESTS_IN_FLIGHT, thread_name_prefix="apply-send")
+            return self._sender_pool
 
     def _send_alone(self, order: MarketOrder) -> OrderResult | ExchangeError:
         try:
