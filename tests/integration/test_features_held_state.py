@@ -25,7 +25,7 @@ from quantum_trader.research.artifact import models_dir, observed_digest
 from quantum_trader.runtime.runner import connect
 from quantum_trader.runtime.service import ComponentContext
 from quantum_trader.runtime.settings import load_settings
-from quantum_trader.runtime.state import HeldStates, load_state
+from quantum_trader.runtime.state import HeldStates, Stored, load_state
 from quantum_trader.services.features import build as build_features
 
 FILES = ("BTCUSDT-1h-2023-01-01_2024-05-13.csv", "ETHUSDT-1h-2023-01-01_2024-05-13.csv")
@@ -122,3 +122,29 @@ def test_a_step_that_was_not_applied_is_not_built_on(redis_url, instance, r):
     assert unpack_floats(load_state(r, key).data["closes"]) == [101.0, 103.0]
     assert runner.run(step_for(4), message_id="m4") is StepOutcome.DONE  # held again, no read
     assert unpack_floats(load_state(r, key).data["closes"]) == [101.0, 103.0, 104.0]
+
+
+def test_a_handler_that_failed_after_folding_its_message_in_leaves_no_state_behind(redis_url, instance, r):
+    """A vector that fails validation after the tick was folded into the checked-out state: that message is
+    retried later (and dead-lettered if it keeps failing), and the next one must not find its tick inside."""
+    keys = Keys(instance)
+    key = keys.component_state("features", "BTCUSDT")
+    runner = StepRunner(r, keys, "features", max_len=1000, done_ttl_seconds=600)
+    held: HeldStates[FeatureState] = HeldStates(redis.Redis.from_url(redis_url))
+
+    def fold(t: int) -> tuple[FeatureState, Stored]:
+        state, stored = held.checkout(
+            key,
+            lambda s: s.last_time is None or t > s.last_time,
+            lambda d: FeatureState.from_dict(d) if d else FeatureState("BTCUSDT"),
+        )
+        state.update(Tick(symbol="BTCUSDT", price=100.0 + t, bid=100.0, ask=100.0, volume=1.0, event_time=t,
+                          source="synthetic:test"))  # fmt: skip
+        return state, stored
+
+    state, stored = fold(1)
+    assert runner.run(held.save(Step(), key, stored, state, state.to_dict()), message_id="m1") is StepOutcome.DONE
+    fold(2)  # the handler raised here: no step, no save
+    state, stored = fold(3)
+    assert runner.run(held.save(Step(), key, stored, state, state.to_dict()), message_id="m3") is StepOutcome.DONE
+    assert unpack_floats(load_state(r, key).data["closes"]) == [101.0, 103.0]

@@ -54,7 +54,9 @@ class HeldStates(Generic[StateT]):
     otherwise. That covers every way the held state can be wrong: a step that was not applied (a guard
     conflict because another replica wrote the key, or a failed script) makes the consumer run the
     handler again for the same message, which is then not newer than the held state, so the state is
-    read back; and every later message built on an unapplied state fails its guard the same way.
+    read back; and every later message built on an unapplied state fails its guard the same way. A
+    state checked out is no longer held until ``save``: a handler that raises after folding the message
+    in (its step never made) leaves nothing behind, and the next message reads the key.
 
     The steps of one batch chain their guards (each expects the ``seq`` the one before writes), so
     handlers using this may be ``independent_steps``: their pipeline is applied in order. The ``seq``
@@ -76,7 +78,7 @@ class HeldStates(Generic[StateT]):
         ``newer(state)`` says whether the message comes after everything folded into ``state``;
         ``restore`` builds a state from the stored data (``None``: nothing stored yet).
         """
-        held = self._held.get(key)
+        held = self._held.pop(key, None)  # held again only once ``save`` has a step for it
         if held is not None and newer(held[0]):
             return held[0], Stored(None, held[1])
         stored = load_state(self._client, key)
