@@ -45,7 +45,7 @@ from bench._util import machine, machine_busy_seconds, start_redis, table, wait_
 from quantum_trader.backtest.run import Backtest, backtest_policy
 from quantum_trader.bus.drain import all_drained
 from quantum_trader.contracts.keys import Keys
-from quantum_trader.contracts.policy import StrategySpec, parse_policy
+from quantum_trader.contracts.policy import PolicySpec, StrategySpec, parse_policy
 from quantum_trader.data.replay import replay_ticks
 from quantum_trader.local.supervisor import Supervisor
 from quantum_trader.ml.baseline import StrategyState, decide
@@ -117,15 +117,7 @@ def md_features_ai(file: Path, bars: int, workdir: Path, model: str) -> dict:
     """
     server = start_redis()
     client = redis.Redis.from_url(server.url, decode_responses=True)
-    document = {
-        "symbols": [file.name.split("-")[0]],
-        "marketData": {"source": "replay", "files": [str(file)], "maxBars": bars, "speed": 0},
-        "strategy": STRATEGY,
-        "model": _model_ref(model),
-        "streams": {"maxLen": 4 * bars + 1000},
-        "reconciler": {"intervalSeconds": 86400},
-    }
-    policy = parse_policy(document)
+    policy = replay_policy(file, bars, model)
     readers = Supervisor(policy, server.url, instance="bench", workdir=workdir / "readers",
                          only=["features", "ai-engine"])  # fmt: skip
     source = Supervisor(policy, server.url, instance="bench", workdir=workdir / "source", only=["market-data"])
@@ -180,24 +172,27 @@ def md_features_ai(file: Path, bars: int, workdir: Path, model: str) -> dict:
         server.stop()
 
 
-def _model_ref(model: str) -> dict[str, str]:
-    if model == "baseline-trend":
-        return {"name": model}
-    return {"name": model, "digest": observed_digest(models_dir() / model, model)[0]}
+def replay_policy(file: Path, bars: int, model: str) -> PolicySpec:
+    """The file's symbol replayed at full speed (``speed: 0``) with ``model`` (an artifact pinned to its digest)."""
+    reference = {"name": model}
+    if model != "baseline-trend":
+        reference["digest"] = observed_digest(models_dir() / model, model)[0]
+    return parse_policy(
+        {
+            "symbols": [file.name.split("-")[0]],
+            "marketData": {"source": "replay", "files": [str(file)], "maxBars": bars, "speed": 0},
+            "strategy": STRATEGY,
+            "model": reference,
+            "streams": {"maxLen": 4 * bars + 1000},
+            "reconciler": {"intervalSeconds": 86400},
+        }
+    )
 
 
 def whole_free_running(file: Path, bars: int, workdir: Path) -> dict:
     server = start_redis()
     client = redis.Redis.from_url(server.url, decode_responses=True)
-    document = {
-        "symbols": [file.name.split("-")[0]],
-        "marketData": {"source": "replay", "files": [str(file)], "maxBars": bars, "speed": 0},
-        "strategy": STRATEGY,
-        "model": {"name": "baseline-trend"},
-        "streams": {"maxLen": 4 * bars + 1000},
-        "reconciler": {"intervalSeconds": 86400},
-    }
-    supervisor = Supervisor(parse_policy(document), server.url, instance="bench", workdir=workdir)
+    supervisor = Supervisor(replay_policy(file, bars, "baseline-trend"), server.url, instance="bench", workdir=workdir)
     keys = supervisor.keys
     progress = keys.component_state("market-data", "progress")
     try:
