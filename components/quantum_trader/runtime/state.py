@@ -31,18 +31,26 @@ def load_state(client: redis.Redis, key: str) -> Stored:
     return Stored(json.loads(data) if data else None, seq)
 
 
-def save_state(step: Step, key: str, stored: Stored, data: dict[str, Any], *, writer: str = "") -> Step:
+def save_state(step: Step, key: str, stored: Stored, data: dict[str, Any], *, writer: int = 0) -> Step:
     """Write ``data`` only if nobody saved since ``stored`` was read (else the step conflicts and is redone).
 
-    The new ``seq`` is the stored counter plus one, tagged ``:<writer>`` when a writer is named (see ``HeldStates``).
+    The new ``seq`` is ``next_seq``: the stored one plus one, or, for a named ``writer``, tagged with it.
     """
     step.guard(key, "seq", stored.seq)
     return step.write("HSET", key, "data", json.dumps(data, separators=(",", ":")), "seq", next_seq(stored, writer))
 
 
-def next_seq(stored: Stored, writer: str = "") -> str:
-    counter = int((stored.seq or "0").split(":", 1)[0]) + 1
-    return f"{counter}:{writer}" if writer else str(counter)
+WRITER_BITS = 24
+
+
+def next_seq(stored: Stored, writer: int = 0) -> str:
+    """``writer`` 0: the stored ``seq`` plus one. Else a number whose low ``WRITER_BITS`` are the writer's
+    tag, above a counter one past the stored one's. It stays a decimal integer, which builds that only add
+    one (an older replica during a rollout) still read and write."""
+    stored_seq = int(stored.seq or 0)
+    if not writer:
+        return str(stored_seq + 1)
+    return str((((stored_seq >> WRITER_BITS) + 1) << WRITER_BITS) | writer)
 
 
 class HeldStates(Generic[StateT]):
@@ -60,14 +68,14 @@ class HeldStates(Generic[StateT]):
 
     The steps of one batch chain their guards (each expects the ``seq`` the one before writes), so
     handlers using this may be ``independent_steps``: their pipeline is applied in order. The ``seq``
-    this process writes carries a tag of its own (``<counter>:<writer>``): with a plain counter, two
+    this process writes carries a tag of its own (``next_seq``): with a plain counter, two
     replicas' chains could reach the same number, and a step built on a state that was never applied
     would pass a guard meant for another state.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._writer = secrets.token_hex(6)
+        self._writer = 1 + secrets.randbelow((1 << WRITER_BITS) - 1)
         self._held: dict[str, tuple[StateT, str]] = {}
 
     def checkout(
