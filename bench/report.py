@@ -124,6 +124,17 @@ GOAL_NAMES = {
 }
 
 
+GOAL_COMMANDS = {
+    "throughput": "`python -m bench.order_path` (`goals.throughput`)",
+    "cpu_per_order": "`python -m bench.order_path` (`goals.cpu_per_order`)",
+    "latency_paced_200": "`python -m bench.order_path` (`goals.latency_paced_200`)",
+    "latency_half_saturating": "`python -m bench.order_path` (`goals.latency_half_saturating`)",
+    "redis_commands_per_order": "`python -m bench.order_path` (`goals.redis_commands_per_order`)",
+    "round_trips_per_order": "`python -m bench.order_path` (`goals.round_trips_per_order`)",
+    "governor_flat_cost": "`python -m bench.governor_flat_cost` (in `bench.order_path` too)",
+}
+
+
 def goal_cell(name: str, goal: dict, passthrough: float) -> str:
     """One goal's figure with its machine-independent form."""
     figure = goal["figure"]
@@ -157,8 +168,8 @@ def compare_tables(before: dict, after: dict) -> str:
         if name == "cpu_per_order":
             share = a["figure"] / b["figure"]
             met = f"{'yes' if a['met'] or share <= 0.25 else 'no'} (after / before = {100 * share:.0f} %)"
-        rows.append([title, goal_cell(name, b, base_b), goal_cell(name, a, base_a), met])
-    out = [md(["goal", "before", "after", "met"], rows, left=4)]
+        rows.append([title, goal_cell(name, b, base_b), goal_cell(name, a, base_a), met, GOAL_COMMANDS[name]])
+    out = [md(["goal", "before", "after", "met", "command (one side)"], rows, left=5)]
     names = list(
         dict.fromkeys(
             [*before["goals"]["cpu_per_order"]["per_process_ms"], *after["goals"]["cpu_per_order"]["per_process_ms"]]
