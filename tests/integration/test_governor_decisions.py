@@ -11,7 +11,7 @@ import redis
 from quantum_trader.bus.control import Scope, raise_halt, write_control
 from quantum_trader.contracts.envelope import Envelope, decode, encode
 from quantum_trader.contracts.keys import Keys
-from quantum_trader.contracts.messages import Approval, GovernorDecision, Plan, PlanKind
+from quantum_trader.contracts.messages import Approval, GovernorDecision, Plan, PlanKind, PositionSide, Side
 from quantum_trader.risk.limits import FIVE_MINUTES_MS, HOUR_MS, GovernorState, Limits, Reason, decide
 from quantum_trader.services import governor
 from quantum_trader.services.governor import GovernorScript
@@ -321,7 +321,15 @@ def _random_case(rng: random.Random) -> tuple[GovernorState, object]:
     # closes before, at and after the plan times: a close at or after a signal makes it position_open
     cooldowns = {s: T0 + rng.randint(-900_000, HOUR_MS) for s in rng.sample(symbols, rng.randint(0, 2))}
     halts = {"reconciler": "drift"} if rng.random() < 0.1 else {}
-    state = GovernorState(control, halts, open_positions, reservations, entry_locks, exit_locks, rate, cooldowns)
+    # position hashes: the trade an exit closes, another trade (other side or other opening time), or no hash
+    held = {
+        s: (
+            rng.choice([PositionSide.LONG, PositionSide.SHORT, PositionSide.FLAT, None]),
+            rng.choice([T0, T0 - 1, None]),
+        )
+        for s in rng.sample(symbols, rng.randint(0, 4))
+    }
+    state = GovernorState(control, halts, open_positions, reservations, entry_locks, exit_locks, rate, cooldowns, held)
     symbol = rng.choice(symbols)
     time = T0 + rng.choice([0, 1, FIVE_MINUTES_MS, HOUR_MS, -FIVE_MINUTES_MS])
     if rng.random() < 0.7:
@@ -329,7 +337,8 @@ def _random_case(rng: random.Random) -> tuple[GovernorState, object]:
             symbol, "p", time=time, notional=rng.choice([5.0, 100.0, 250.0, 400.0]), leverage=rng.choice([1, 3, 5, 6])
         )
     else:
-        plan = exit_plan(symbol, "p", time=time)
+        plan = exit_plan(symbol, "p", time=time, side=rng.choice([Side.SELL, Side.BUY]))
+        plan = plan.model_copy(update={"position_opened_at": rng.choice([T0, T0 - 1, None])})
     return state, plan
 
 
@@ -347,6 +356,12 @@ def _load(r: redis.Redis, keys: Keys, state: GovernorState) -> None:
     ):
         if values:
             r.hset(key, mapping=values)
+    for symbol, (side, opened_at) in state.held.items():
+        fields = {"side": side.value} if side else {}
+        if opened_at is not None:
+            fields["opened_at"] = str(opened_at)
+        if fields:
+            r.hset(keys.position(symbol), mapping=fields)
     for symbol, times in state.rate.items():
         for i, t in enumerate(times):
             r.zadd(keys.rate(symbol), {f"old{i}": t})

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from quantum_trader.contracts.control import plan_verdict
-from quantum_trader.contracts.messages import Plan, PlanKind
+from quantum_trader.contracts.messages import Plan, PlanKind, PositionSide
 from quantum_trader.contracts.policy import PolicySpec
+from quantum_trader.execution.gateway import other_trade
 
 
 class Reason(StrEnum):
@@ -96,6 +97,8 @@ class GovernorState:
     """symbol -> plan times of approved entries"""
     cooldowns: Mapping[str, int] = field(default_factory=dict)
     """symbol -> market time of its last close (the closing plan's time, written by position-state)"""
+    held: Mapping[str, tuple[PositionSide | None, int | None]] = field(default_factory=dict)
+    """symbol -> the position hash's (side, opened_at), None where the hash has no value"""
 
 
 def control_reason(control: Mapping[str, str] | None, halted: bool, kind: PlanKind) -> Reason | None:
@@ -143,7 +146,8 @@ def decide(plan: Plan, state: GovernorState, limits: Limits) -> Reason | None:
         return reason
     symbol = plan.symbol
     if plan.kind is PlanKind.EXIT:
-        if symbol not in state.open_positions:
+        open_side, opened_at = state.held.get(symbol, (None, None))
+        if symbol not in state.open_positions or other_trade(plan, open_side, opened_at) is not None:
             return Reason.NO_OPEN_POSITION
         if symbol in state.exit_locks:
             return Reason.EXIT_IN_FLIGHT
