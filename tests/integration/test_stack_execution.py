@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from quantum_trader.bus.control import Scope, write_control
+from quantum_trader.bus.heartbeat import read_heartbeats
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import OrderType
 from quantum_trader.exchange.order_ids import client_order_id
@@ -30,8 +31,14 @@ SYMBOLS = [f"S{i:02d}USDT" for i in range(50)]
 def policy(**overrides) -> dict:
     base = {
         "symbols": SYMBOLS,
-        "risk": {"maxOpenPositions": 10, "maxNotionalPerTrade": 1000, "maxTotalNotional": 100000,
-                 "maxEntriesPerHour": 100, "maxEntriesPerFiveMinutes": 100, "cooldownSeconds": 0},
+        "risk": {
+            "maxOpenPositions": 10,
+            "maxNotionalPerTrade": 1000,
+            "maxTotalNotional": 100000,
+            "maxEntriesPerHour": 100,
+            "maxEntriesPerFiveMinutes": 100,
+            "cooldownSeconds": 0,
+        },
         "streams": {"claimIdleMs": 500},
         "exchange": {"requestTimeoutSeconds": 3},
         "reconciler": {"intervalSeconds": 1},
@@ -48,8 +55,12 @@ def prices(r, keys, symbols, price=100.0, t=500):
 
 def sim_admin(stack, path, body=None):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(stack.exchange_url + path, data=data, method="POST" if data else "GET",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        stack.exchange_url + path,
+        data=data,
+        method="POST" if data else "GET",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())
 
@@ -108,13 +119,22 @@ def test_500_concurrent_entries_through_3_governors_open_exactly_10_positions(
         assert r.hlen(keys.open_positions) == 10
         assert {o["clientOrderId"] for o in orders} == {client_order_id(d["plan_id"]) for d in approved}
 
+        def apply_layer_processed() -> int:
+            beats = read_heartbeats(r, keys)
+            return sum(int(b.counters.get("processed", 0)) for b in beats if b.component == "apply-layer")
+
+        # its worker consumers' approvals count too: the status table and health read this heartbeat
+        wait_for(lambda: apply_layer_processed() == 10, 30, "apply-layer's heartbeat to count 10 approvals", stack)
+
 
 @pytest.mark.timeout(240)
 def test_total_notional_and_per_symbol_rate_limits_hold_under_concurrency(
     redis_url, r, instance, tmp_path, monkeypatch
 ):
-    spec = policy(components={"governor": {"replicas": 3}},
-                  risk={"maxOpenPositions": 100, "maxTotalNotional": 750, "maxNotionalPerTrade": 100})
+    spec = policy(
+        components={"governor": {"replicas": 3}},
+        risk={"maxOpenPositions": 100, "maxTotalNotional": 750, "maxNotionalPerTrade": 100},
+    )
     with running_stack(spec, redis_url, instance, tmp_path, monkeypatch, only=EXECUTOR) as stack:
         prices(r, stack.keys, SYMBOLS)
         wait_for_price(stack, SYMBOLS)
@@ -195,12 +215,11 @@ def test_fail_closed_scopes_and_expiry(redis_url, r, instance, tmp_path, monkeyp
 
 
 @pytest.mark.timeout(120)
-def test_an_expired_approval_is_rejected_and_its_reservation_released(
-    redis_url, r, instance, tmp_path, monkeypatch
-):
+def test_an_expired_approval_is_rejected_and_its_reservation_released(redis_url, r, instance, tmp_path, monkeypatch):
     # a tiny TTL: the approval is older than expires_at by the time apply-layer reads it
-    with running_stack(policy(risk={"approvalTtlSeconds": 0.001}), redis_url, instance, tmp_path, monkeypatch,
-                       only=EXECUTOR) as stack:
+    with running_stack(
+        policy(risk={"approvalTtlSeconds": 0.001}), redis_url, instance, tmp_path, monkeypatch, only=EXECUTOR
+    ) as stack:
         keys = stack.keys
         prices(r, keys, ["S05USDT"])
         wait_for_price(stack, ["S05USDT"])
@@ -208,8 +227,12 @@ def test_an_expired_approval_is_rejected_and_its_reservation_released(
         wait_for(lambda: results(r, stack), 30, "the result", stack)
         result = results(r, stack)[0]
         assert result["status"] == "REJECTED" and result["reason"].startswith("approval_expired")
-        wait_for(lambda: r.hlen(keys.reservations) == 0 and not r.hget(keys.entry_locks, "S05USDT"), 30,
-                 "the reservation to be released", stack)
+        wait_for(
+            lambda: r.hlen(keys.reservations) == 0 and not r.hget(keys.entry_locks, "S05USDT"),
+            30,
+            "the reservation to be released",
+            stack,
+        )
         assert sim_orders(stack) == []
 
 
@@ -242,8 +265,12 @@ def test_conditional_orders_never_reach_the_exchange_and_exits_are_capped_reduce
         exits = [o for o in sim_orders(stack) if o["clientOrderId"] == client_order_id("exit-1")]
         assert len(exits) == 1 and exits[0]["reduceOnly"] in (True, "true")
         assert float(exits[0]["quantity"]) == pytest.approx(qty)
-        wait_for(lambda: not r.hget(keys.position("S06USDT"), "qty") or
-                 float(r.hget(keys.position("S06USDT"), "qty")) == 0, 30, "the close", stack)
+        wait_for(
+            lambda: not r.hget(keys.position("S06USDT"), "qty") or float(r.hget(keys.position("S06USDT"), "qty")) == 0,
+            30,
+            "the close",
+            stack,
+        )
 
 
 @pytest.mark.timeout(120)
@@ -260,14 +287,26 @@ def test_a_position_changed_behind_our_back_is_found_corrected_and_halts_entries
         qty = float(r.hget(keys.position("S07USDT"), "qty"))
         sim_admin(stack, "/sim/adjust-position", {"symbol": "S07USDT", "qty": str(qty * 3), "entryPrice": "100"})
         # explained events (an order in flight at that moment) may come first; the drift is the unexplained one
-        events = wait_for(lambda: [e for e in stream(r, stack, "reconcile.events") if not e["explained"]], 15,
-                          "an unexplained reconcile event", stack)
+        events = wait_for(
+            lambda: [e for e in stream(r, stack, "reconcile.events") if not e["explained"]],
+            15,
+            "an unexplained reconcile event",
+            stack,
+        )
         assert events[0]["symbol"] == "S07USDT" and events[0]["kind"] == "QTY_MISMATCH"
-        wait_for(lambda: float(r.hget(keys.position("S07USDT"), "qty")) == pytest.approx(qty * 3), 10,
-                 "the correction", stack)
+        wait_for(
+            lambda: float(r.hget(keys.position("S07USDT"), "qty")) == pytest.approx(qty * 3),
+            10,
+            "the correction",
+            stack,
+        )
         assert "reconciler" in r.hgetall(keys.halts)
         send(r, keys, "apply.plan", entry("S08USDT", "after-drift", t=5000), id="after-drift")
-        wait_for(lambda: any(d["plan_id"] == "after-drift" for d in stream(r, stack, "governor.decision")), 30,
-                 "the decision", stack)
+        wait_for(
+            lambda: any(d["plan_id"] == "after-drift" for d in stream(r, stack, "governor.decision")),
+            30,
+            "the decision",
+            stack,
+        )
         decision = next(d for d in stream(r, stack, "governor.decision") if d["plan_id"] == "after-drift")
         assert not decision["approved"] and "killswitch_entries" in decision["reasons"]

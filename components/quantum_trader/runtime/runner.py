@@ -149,7 +149,12 @@ class ComponentRunner:
         counts = {k: v for k, v in self.service.counters.items() if isinstance(v, int) and k != "last_event_ms"}
         if self.consumer is not None:
             stats = self.consumer.stats
-            counts.update(processed=stats.processed, dead_lettered=stats.dead_lettered, errors=stats.errors)
+            others = self.service.other_consumers_totals()
+            counts.update(
+                processed=stats.processed + others.get("processed", 0),
+                dead_lettered=stats.dead_lettered + others.get("dead_lettered", 0),
+                errors=stats.errors + others.get("errors", 0),
+            )
         return counts
 
     def _maybe_control(self, force: bool = False) -> None:
@@ -171,20 +176,21 @@ class ComponentRunner:
         groups: dict[str, dict[str, int]] = {}
         if self.consumer is not None:
             stats = self.consumer.stats
+            others = self.service.other_consumers_totals()
             counters.update(
-                processed=stats.processed,
-                duplicates=stats.duplicates,
-                errors=stats.errors,
-                dead_lettered=stats.dead_lettered,
-                reclaimed=stats.reclaimed,
-                last_event_ms=stats.last_event_ms,
+                processed=stats.processed + others.get("processed", 0),
+                duplicates=stats.duplicates + others.get("duplicates", 0),
+                errors=stats.errors + others.get("errors", 0),
+                dead_lettered=stats.dead_lettered + others.get("dead_lettered", 0),
+                reclaimed=stats.reclaimed + others.get("reclaimed", 0),
+                last_event_ms=max(stats.last_event_ms or 0, others.get("last_event_ms", 0)),
             )
             groups = self.consumer.group_info()
             for stream, info in groups.items():
                 metrics.LAG.labels(self.ctx.name, stream).set(info["lag"])
                 metrics.PENDING.labels(self.ctx.name, stream).set(info["pending"])
-            if stats.last_event_ms:
-                metrics.LAST_EVENT.labels(self.ctx.name).set(stats.last_event_ms / 1000)
+            if counters["last_event_ms"]:
+                metrics.LAST_EVENT.labels(self.ctx.name).set(counters["last_event_ms"] / 1000)
         record = HeartbeatRecord(
             component=self.ctx.name,
             pod=self.ctx.pod,

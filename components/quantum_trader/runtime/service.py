@@ -82,5 +82,11 @@ class Service:
     def close(self) -> None:
         """Release resources; called once after the loop stops."""
 
+    def other_consumers_totals(self) -> dict[str, int]:
+        """What consumers of the service's own (beyond the runner's one) did: processed, duplicates, errors,
+        dead_lettered, reclaimed. The heartbeat and the ``stopped`` line add them to the runner's, so a
+        process with worker consumers reports all it processed."""
+        return {}
+
     def count(self, name: str, by: float = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by

@@ -264,9 +264,9 @@ class ApplyLayer(Service):
             self._worker_error = error
             self.ctx.log.exception("apply-layer worker failed", extra={"consumer": consumer.consumer})
 
-    def worker_totals(self) -> dict[str, int]:
-        """What the worker consumers did (the runner's heartbeat counts its own consumer only)."""
-        totals = {"processed": 0, "duplicates": 0, "errors": 0, "dead_lettered": 0, "reclaimed": 0}
+    def other_consumers_totals(self) -> dict[str, int]:
+        """What the worker consumers did: the runner adds it to its own consumer's counts."""
+        totals = {"processed": 0, "duplicates": 0, "errors": 0, "dead_lettered": 0, "reclaimed": 0, "last_event_ms": 0}
         for _, consumer in self._workers:
             stats = consumer.stats
             totals["processed"] += stats.processed
@@ -274,6 +274,7 @@ class ApplyLayer(Service):
             totals["errors"] += stats.errors
             totals["dead_lettered"] += stats.dead_lettered
             totals["reclaimed"] += stats.reclaimed
+            totals["last_event_ms"] = max(totals["last_event_ms"], stats.last_event_ms or 0)
         return totals
 
     def _symbol_lock(self, symbol: str) -> threading.Lock:
@@ -336,8 +337,6 @@ class ApplyLayer(Service):
     def idle(self) -> float | None:
         if self._worker_error is not None:
             raise RuntimeError(f"an apply-layer worker failed: {self._worker_error}")
-        for name, value in self.worker_totals().items():
-            self.counters[f"workers_{name}"] = value
         now = time.monotonic()
         if now >= self._next_dlq_look:
             self._next_dlq_look = now + DLQ_RELEASE_SECONDS
