@@ -180,13 +180,14 @@ def test_a_ledger_hash_holding_an_infinity_still_gives_a_table_and_a_summary():
     assert summarize(ledger(ledger={"realized_pnl": "inf", "fees": "nan"})).equity == 10_000.0
 
 
-def test_components_get_the_market_data_settings_of_the_caller_and_no_other_qt_setting():
+def test_components_get_the_market_data_and_in_flight_settings_of_the_caller_and_no_other_qt_setting():
     caller = {
         "PATH": "/usr/bin",
         "HOME": "/home/me",
         "QT_MARKET_STREAM_URL": "ws://127.0.0.1:9000",
         "QT_MARKET_REST_URL": "http://127.0.0.1:9001",
         "QT_MARKET_STALE_SECONDS": "3",
+        "QT_APPLY_IN_FLIGHT": "2",
         "QT_INSTANCE": "another-stack",
         "QT_REDIS_URL": "redis://elsewhere:6379/0",
     }
@@ -196,6 +197,7 @@ def test_components_get_the_market_data_settings_of_the_caller_and_no_other_qt_s
         "QT_MARKET_STREAM_URL": "ws://127.0.0.1:9000",
         "QT_MARKET_REST_URL": "http://127.0.0.1:9001",
         "QT_MARKET_STALE_SECONDS": "3",
+        "QT_APPLY_IN_FLIGHT": "2",
     }
 
 

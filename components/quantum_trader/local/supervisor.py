@@ -53,10 +53,10 @@ class WiringError(ValueError):
     pass
 
 
-PASSED_THROUGH = ("QT_MARKET_",)
+PASSED_THROUGH = ("QT_MARKET_", "QT_APPLY_IN_FLIGHT")
 """the caller's QT_* settings that reach the components as they are: ``QT_MARKET_STREAM_URL``,
 ``QT_MARKET_REST_URL`` and ``QT_MARKET_STALE_SECONDS`` point market-data's live feed elsewhere (README
-"Market data")"""
+"Market data"); ``QT_APPLY_IN_FLIGHT`` is how many orders one apply-layer process has in flight"""
 
 
 def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
