@@ -63,9 +63,14 @@ def intent(side: Side = Side.BUY, notional: float = 500.0, symbol: str = "BTCUSD
     )
 
 
-def size(i: TradeIntent, position: PositionSide = PositionSide.FLAT, filters=FILTERS, **limits):
+def size(i: TradeIntent, position: PositionSide = PositionSide.FLAT, filters=FILTERS, last_close=None, **limits):
     return plan_for_intent(
-        i, allowlist=frozenset({"BTCUSDT"}), limits=RiskLimits(**limits), filters=filters, position_side=position
+        i,
+        allowlist=frozenset({"BTCUSDT"}),
+        limits=RiskLimits(**limits),
+        filters=filters,
+        position_side=position,
+        last_close=last_close,
     )
 
 
@@ -86,6 +91,9 @@ class TestSizing:
         [
             ({"i": intent(symbol="ETHUSDT")}, "not_allowlisted"),
             ({"i": intent(), "position": PositionSide.LONG}, "position_open"),
+            # closed on the intent's bar or later: it was open when the intent was signalled, settled or not
+            ({"i": intent(), "last_close": intent().time}, "position_open"),
+            ({"i": intent(Side.SELL), "last_close": intent().time + 1}, "position_open"),
             ({"i": intent(Side.SELL), "position": PositionSide.LONG}, "opposite_position_open"),
             ({"i": intent(Side.SELL), "long_only": True}, "flat_sell_long_only"),
             ({"i": intent(), "filters": None}, "filters_missing"),
@@ -95,6 +103,9 @@ class TestSizing:
     def test_skips(self, kwargs, reason):
         result = size(**kwargs)
         assert isinstance(result, Skip) and result.reason == reason
+
+    def test_a_close_before_the_intents_bar_does_not_hold_it(self):
+        assert isinstance(size(intent(), last_close=intent().time - 1), Plan)
 
     def test_a_flat_sell_opens_a_short_when_shorts_are_allowed(self):
         plan = size(intent(Side.SELL))

@@ -26,36 +26,67 @@ from quantum_trader.contracts.messages import (
     Tick,
 )
 from quantum_trader.exchange.filters import SymbolFilters
-from quantum_trader.execution.gateway import Refuse, Send, decide_order, other_trade
+from quantum_trader.execution.gateway import Refuse, Send, decide_order
 from quantum_trader.exits import brain, heat
 from quantum_trader.exits.position import PositionView
 from quantum_trader.exits.rules import ExitControl, ExitDecision, RuleSettings
 from quantum_trader.local.ledger import RunLedger, summarize
+from quantum_trader.risk.positions import other_trade
 
 NOW = 1_700_000_000_000
 RELEASED = parse_control({"state": "released", "scope": "all", "generation": "1"})
 FILTERS = SymbolFilters(
-    symbol="BTCUSDT", step_size=Decimal("0.001"), min_qty=Decimal("0.001"), max_qty=Decimal("1000"),
-    market_step_size=Decimal("0.001"), market_min_qty=Decimal("0.001"), market_max_qty=Decimal("120"),
-    tick_size=Decimal("0.1"), min_price=Decimal("0.1"), max_price=Decimal("1000000"), min_notional=Decimal("5"),
-    quantity_precision=3, price_precision=1,
+    symbol="BTCUSDT",
+    step_size=Decimal("0.001"),
+    min_qty=Decimal("0.001"),
+    max_qty=Decimal("1000"),
+    market_step_size=Decimal("0.001"),
+    market_min_qty=Decimal("0.001"),
+    market_max_qty=Decimal("120"),
+    tick_size=Decimal("0.1"),
+    min_price=Decimal("0.1"),
+    max_price=Decimal("1000000"),
+    min_notional=Decimal("5"),
+    quantity_precision=3,
+    price_precision=1,
 )
 SIDES = [PositionSide.LONG, PositionSide.SHORT]
 OPENED = [None, 1_000, 3_000]
 
 
 def exit_approval(side: Side, position_opened_at: int | None, qty: float = 1.0) -> Approval:
-    plan = Plan(symbol="BTCUSDT", plan_id="exit:BTCUSDT:1000:4000", kind=PlanKind.EXIT, side=side,
-                order_type=OrderType.MARKET, qty=qty, reduce_only=True, source="exit-brain", time=4_000,
-                price=100.0, position_opened_at=position_opened_at)
-    return Approval(approval_id="apr:" + plan.plan_id, plan=plan,
-                    reservation=Reservation(slot=False, notional=0, exit_lock=True),
-                    approved_at=NOW - 10, expires_at=NOW + 1_000)
+    plan = Plan(
+        symbol="BTCUSDT",
+        plan_id="exit:BTCUSDT:1000:4000",
+        kind=PlanKind.EXIT,
+        side=side,
+        order_type=OrderType.MARKET,
+        qty=qty,
+        reduce_only=True,
+        source="exit-brain",
+        time=4_000,
+        price=100.0,
+        position_opened_at=position_opened_at,
+    )
+    return Approval(
+        approval_id="apr:" + plan.plan_id,
+        plan=plan,
+        reservation=Reservation(slot=False, notional=0, exit_lock=True),
+        approved_at=NOW - 10,
+        expires_at=NOW + 1_000,
+    )
 
 
 def decide(approval: Approval, open_side: PositionSide | None, open_opened_at: int | None, open_qty: float = 2.0):
-    return decide_order(approval, control=RELEASED, now_ms=NOW, open_qty=open_qty, filters=FILTERS,
-                        open_side=open_side, open_opened_at=open_opened_at)
+    return decide_order(
+        approval,
+        control=RELEASED,
+        now_ms=NOW,
+        open_qty=open_qty,
+        filters=FILTERS,
+        open_side=open_side,
+        open_opened_at=open_opened_at,
+    )
 
 
 @pytest.mark.parametrize(
@@ -92,21 +123,46 @@ def test_no_position_at_all_is_still_the_plain_reason():
 
 def test_an_entry_names_no_trade_to_close():
     with pytest.raises(ValidationError, match="position_opened_at is for exits"):
-        Plan(symbol="BTCUSDT", plan_id="e", kind=PlanKind.ENTRY, side=Side.BUY, qty=1.0, source="t", time=1,
-             price=100.0, position_opened_at=1)
+        Plan(
+            symbol="BTCUSDT",
+            plan_id="e",
+            kind=PlanKind.ENTRY,
+            side=Side.BUY,
+            qty=1.0,
+            source="t",
+            time=1,
+            price=100.0,
+            position_opened_at=1,
+        )
 
 
 def test_exit_brain_plans_name_the_watched_trade():
-    view = PositionView(symbol="BTCUSDT", side=PositionSide.SHORT, qty=0.5, entry_price=100.0, stop_loss=110.0,
-                        take_profit=80.0, opened_at=1_234, version=3)
+    view = PositionView(
+        symbol="BTCUSDT",
+        side=PositionSide.SHORT,
+        qty=0.5,
+        entry_price=100.0,
+        stop_loss=110.0,
+        take_profit=80.0,
+        opened_at=1_234,
+        version=3,
+    )
     plan = brain.exit_plan(view, ExitDecision("stop_loss", advanced=False), "exit:BTCUSDT:1234:9", 101.0, 9)
     assert (plan.side, plan.position_opened_at) == (Side.BUY, 1_234)
 
 
 def test_heat_gate_plans_name_the_trade_it_read():
-    proposal = HarvestProposal(symbol="BTCUSDT", proposal_id="harvest:BTCUSDT:1234:kill", action=HarvestAction.CLOSE,
-                               fraction=1.0, r_multiple=1.0, kill_score=0.9, reasons=("kill",), time=5_000,
-                               price=100.0)
+    proposal = HarvestProposal(
+        symbol="BTCUSDT",
+        proposal_id="harvest:BTCUSDT:1234:kill",
+        action=HarvestAction.CLOSE,
+        fraction=1.0,
+        r_multiple=1.0,
+        kill_score=0.9,
+        reasons=("kill",),
+        time=5_000,
+        price=100.0,
+    )
     position = heat.GatePosition(side=PositionSide.LONG, qty=0.5, opened_at=1_234, entry_price=90.0, version=2)
     reading = heat.HeatReading(heat=0.01, open_risk=100.0, equity=10_000.0, positions=1, time=NOW)
     decision = heat.gate(proposal, reading, position, heat.GateSettings(max_portfolio_heat=0.06))
@@ -119,9 +175,20 @@ OPENED_AT = 1_700_000_000_000
 
 
 def watched_long() -> brain.BrainState:
-    snapshot = PositionSnapshot(symbol="BTCUSDT", side=PositionSide.LONG, qty=2.0, entry_price=100.0,
-                                mark_price=100.0, unrealized_pnl=0.0, stop_loss=95.0, take_profit=110.0,
-                                opened_at=OPENED_AT, time=OPENED_AT, source="position-state", version=1)
+    snapshot = PositionSnapshot(
+        symbol="BTCUSDT",
+        side=PositionSide.LONG,
+        qty=2.0,
+        entry_price=100.0,
+        mark_price=100.0,
+        unrealized_pnl=0.0,
+        stop_loss=95.0,
+        take_profit=110.0,
+        opened_at=OPENED_AT,
+        time=OPENED_AT,
+        source="position-state",
+        version=1,
+    )
     state = brain.apply_snapshot(brain.BrainState(), snapshot)
     assert state is not None
     return state
@@ -157,11 +224,26 @@ def test_the_retry_waits_for_the_snapshot_when_the_trade_is_recorded_closed(reco
 def test_the_run_summary_names_exits_refused_for_a_closed_trade():
     results = [
         {"plan_id": "a", "status": "SKIPPED", "reason": "no_open_position", "error_code": None},
-        {"plan_id": "b", "status": "SKIPPED", "reason": "no_open_position: the exit (SELL) closes no SHORT position",
-         "error_code": None},
+        {
+            "plan_id": "b",
+            "status": "SKIPPED",
+            "reason": "no_open_position: the exit (SELL) closes no SHORT position",
+            "error_code": None,
+        },
         {"plan_id": "c", "status": "FILLED", "reason": "", "error_code": None},
     ]
-    summary = summarize(RunLedger(started_at=0.0, ended_at=1.0, bars=1, intents=0, results=results,
-                                  decisions_rejected=[], ledger={}, open_positions=[], starting_equity=10_000.0))
+    summary = summarize(
+        RunLedger(
+            started_at=0.0,
+            ended_at=1.0,
+            bars=1,
+            intents=0,
+            results=results,
+            decisions_rejected=[],
+            ledger={},
+            open_positions=[],
+            starting_equity=10_000.0,
+        )
+    )
     assert summary.rejections == {"apply-layer: skipped no_open_position": 2}
     assert summary.orders == 1  # nothing skipped reached the exchange

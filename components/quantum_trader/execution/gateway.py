@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from quantum_trader.contracts.control import ControlState
-from quantum_trader.contracts.messages import Approval, OrderType, Plan, PlanKind, PositionSide, ResultStatus
+from quantum_trader.contracts.messages import Approval, OrderType, PlanKind, PositionSide, ResultStatus
 from quantum_trader.exchange.filters import SymbolFilters, check_order, qty_for_notional, round_qty_down
 from quantum_trader.exchange.models import OrderResult
+from quantum_trader.risk.positions import other_trade
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +62,6 @@ def maybe_sent(deliveries: int, marked: bool) -> bool:
 def has_fill(order: OrderResult) -> bool:
     """The order executed (some or all of it): its quantity is at the exchange and must be recorded."""
     return order.filled or order.executed_qty > 0
-
-
-def other_trade(plan: Plan, open_side: PositionSide | None, open_opened_at: int | None) -> str | None:
-    """Why the open position is not the trade an EXIT plan closes, or None when it is (or unknown).
-
-    ``open_side``/``open_opened_at`` are the position hash's; None where the hash has no value (a
-    check that cannot be made does not block an exit: positions can always be closed).
-    """
-    if open_side is not None and open_side is not PositionSide.FLAT and plan.side is not open_side.closing_side:
-        return f"the exit ({plan.side.value}) closes no {open_side.value} position"
-    if plan.position_opened_at is not None and open_opened_at is not None and plan.position_opened_at != open_opened_at:
-        return f"the exit is for the trade opened at {plan.position_opened_at}, the open one opened at {open_opened_at}"
-    return None
 
 
 def decide_order(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from quantum_trader.contracts.messages import OrderType, Plan, PlanKind, PositionSide, Side, TradeIntent
 from quantum_trader.contracts.policy import RiskLimits
 from quantum_trader.exchange.filters import SymbolFilters, check_order, qty_for_notional
+from quantum_trader.risk.limits import open_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +30,23 @@ def plan_for_intent(
     limits: RiskLimits,
     filters: SymbolFilters | None,
     position_side: PositionSide,
+    last_close: int | None = None,
 ) -> Plan | Skip:
-    """The ENTRY plan for ``intent``, or why it is skipped. Missing filters hold the intent (fail closed)."""
+    """The ENTRY plan for ``intent``, or why it is skipped. Missing filters hold the intent (fail closed).
+
+    ``last_close`` is the market time of the symbol's last close (the governor's cooldowns hash). A
+    position that closed at or after the intent's time was open on its bar: skipped as the governor
+    would refuse it (``risk.limits.open_at``), so whether the close had settled when the intent came
+    decides nothing.
+    """
     if intent.symbol not in allowlist:
         return Skip("not_allowlisted")
     if position_side is not PositionSide.FLAT:
         if position_side is PositionSide.opened_by(intent.side):
             return Skip("position_open")
         return Skip("opposite_position_open")
+    if open_at(last_close, intent.time):
+        return Skip("position_open")
     if intent.side is Side.SELL and limits.long_only:
         return Skip("flat_sell_long_only")
     if filters is None:

@@ -19,7 +19,7 @@ from enum import StrEnum
 from quantum_trader.contracts.control import plan_verdict
 from quantum_trader.contracts.messages import Plan, PlanKind, PositionSide
 from quantum_trader.contracts.policy import PolicySpec
-from quantum_trader.execution.gateway import other_trade
+from quantum_trader.risk.positions import other_trade
 
 
 class Reason(StrEnum):

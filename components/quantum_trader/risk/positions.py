@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from quantum_trader.contracts.messages import (
     ExecutionResult,
+    Plan,
     PlanKind,
     PositionSide,
     PositionSnapshot,
@@ -281,3 +282,16 @@ def _add(position: Position, result: ExecutionResult) -> Position:
 
 def _optional(text: str | None) -> float | None:
     return float(text) if text else None
+
+
+def other_trade(plan: Plan, open_side: PositionSide | None, open_opened_at: int | None) -> str | None:
+    """Why the open position is not the trade an EXIT plan closes, or None when it is (or unknown).
+
+    ``open_side``/``open_opened_at`` are the position hash's; None where the hash has no value (a
+    check that cannot be made does not block an exit: positions can always be closed).
+    """
+    if open_side is not None and open_side is not PositionSide.FLAT and plan.side is not open_side.closing_side:
+        return f"the exit ({plan.side.value}) closes no {open_side.value} position"
+    if plan.position_opened_at is not None and open_opened_at is not None and plan.position_opened_at != open_opened_at:
+        return f"the exit is for the trade opened at {plan.position_opened_at}, the open one opened at {open_opened_at}"
+    return None

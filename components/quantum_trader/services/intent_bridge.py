@@ -38,7 +38,7 @@ class IntentBridge(Service):
         self._published: dict[str, bytes | str] = {}
         """each symbol's filters as published (raw), so an unchanged entry is not parsed again"""
         self._filters_read = 0.0
-        self._sides: dict[str, bytes | str | None] = {}
+        self._sides: dict[str, tuple[bytes | str | None, bytes | str | None]] = {}
         """``position:<symbol>.side`` of the current batch's symbols, read for it in one round trip"""
 
     def handlers(self) -> dict[str, Handler]:
@@ -74,21 +74,26 @@ class IntentBridge(Service):
         return True, "ready"
 
     def read_sides(self, envelopes: list[Envelope[TradeIntent]], deliveries: list[Delivery]) -> None:
-        """The sides of the batch's positions, in one pipeline (the handler reads each one it misses itself)."""
+        """The batch's positions (side, last close), in one pipeline (the handler reads each one it misses itself)."""
         symbols = sorted({e.message.symbol for e in envelopes})
         with self.ctx.client.pipeline(transaction=False) as pipe:
             for symbol in symbols:
                 pipe.hget(self.ctx.keys.position(symbol), "side")
-            self._sides = dict(zip(symbols, pipe.execute(), strict=True))
+                pipe.hget(self.ctx.keys.cooldowns, symbol)
+            answers = pipe.execute()
+        self._sides = {s: (answers[2 * i], answers[2 * i + 1]) for i, s in enumerate(symbols)}
 
-    def position_side(self, symbol: str) -> PositionSide:
+    def position(self, symbol: str) -> tuple[PositionSide, int | None]:
+        """The symbol's position side and the market time of its last close (None: never closed)."""
         if symbol in self._sides:  # read for this batch; used once, so a later intent reads it again
-            side = self._sides.pop(symbol)
+            side, closed = self._sides.pop(symbol)
         else:
-            side = self.ctx.client.hget(self.ctx.keys.position(symbol), "side")
-        if side is None:
-            return PositionSide.FLAT
-        return PositionSide(text(side))
+            with self.ctx.client.pipeline(transaction=False) as pipe:
+                pipe.hget(self.ctx.keys.position(symbol), "side")
+                pipe.hget(self.ctx.keys.cooldowns, symbol)
+                side, closed = pipe.execute()
+        last_close = int(text(closed)) if closed is not None and text(closed).isdigit() else None
+        return (PositionSide.FLAT if side is None else PositionSide(text(side))), last_close
 
     @no_done_precheck  # its only effect is its step, which finds the done key and only acks
     @independent_steps  # its step only emits apply.plan, which no intent of the batch reads
@@ -97,12 +102,14 @@ class IntentBridge(Service):
         filters = self.filters(intent.symbol)
         if filters is None and not self._filters:
             raise FiltersNotPublished("no exchange rules published yet")
+        side, last_close = self.position(intent.symbol)
         result = plan_for_intent(
             intent,
             allowlist=self.allowlist,
             limits=self.ctx.policy.risk,
             filters=filters,
-            position_side=self.position_side(intent.symbol),
+            position_side=side,
+            last_close=last_close,
         )
         if isinstance(result, Skip):
             self.count(f"skipped_{result.reason.split(':')[0]}")
