@@ -42,6 +42,7 @@ from quantum_trader.data.live import (
     FeedDown,
     KlineEvent,
     LiveDataError,
+    StaleHold,
     interval_name,
     next_step,
     select_backfill,
@@ -194,6 +195,7 @@ class LiveMarketData(MarketData):
         """per symbol: a closed bar waiting for its backfill, or the open bar that revealed a hole"""
         self.connected = False
         self.halted = False
+        self.hold = StaleHold()
         self.stale_reason = "starting"
         self._retry_at = 0.0
         for name in ("stale", "reconnects", "duplicates", "gaps", "backfilled", "malformed"):
@@ -203,7 +205,7 @@ class LiveMarketData(MarketData):
         stored = text_dict(self.ctx.client.hgetall(self.state_key))
         self.last_open = {s: int(v) for s, v in stored.items() if s in self.symbols}
         self.published = int(self.ctx.client.hget(self.progress_key, "published") or 0)
-        self._raise_halt("starting: no data yet")
+        self._raise_halt("starting: no data yet", self.ctx.now_ms())
         self.feed.start()
         self.ctx.log.info(
             "live market data starting",
@@ -309,8 +311,9 @@ class LiveMarketData(MarketData):
         self.count("processed", len(fresh))
 
     def _assess(self) -> None:
+        now = self.ctx.now_ms()
         reasons = stale_reasons(
-            now_ms=self.ctx.now_ms(),
+            now_ms=now,
             connected=self.connected,
             symbols=self.symbols,
             last_heard_ms=self.last_heard,
@@ -318,19 +321,20 @@ class LiveMarketData(MarketData):
             stale_after_ms=int(STALE_AFTER_SECONDS * 1000),
         )
         if reasons:
-            self._raise_halt("; ".join(reasons))
+            self._raise_halt("; ".join(reasons), now)
         elif self.halted and self.drained():
             self.ctx.client.hdel(self.ctx.keys.halts, HALT_SOURCE)
             self.halted = False
+            self.hold.release()
             self.counters["stale"] = 0
             self.ctx.log.info("market data fresh: entries released")
 
-    def _raise_halt(self, reason: str) -> None:
-        """(Re)assert the halt: a person's ``qt killswitch release`` clears halts, and stale is still stale."""
+    def _raise_halt(self, reason: str, now_ms: int) -> None:
+        """Hold entries: at once when the feed goes stale, then re-asserted at most once a second
+        (``StaleHold``), since a person's ``qt killswitch release`` clears halts and stale is still stale."""
         reason = f"stale market data: {reason}"[:300]
-        halts = self.ctx.keys.halts
-        if not self.halted or reason != self.stale_reason or not self.ctx.client.hexists(halts, HALT_SOURCE):
-            self.ctx.client.hset(halts, HALT_SOURCE, reason)
+        if self.hold.due(now_ms):
+            self.ctx.client.hset(self.ctx.keys.halts, HALT_SOURCE, reason)
             if not self.halted:
                 self.ctx.log.warning("market data stale: entries halted", extra={"reason": reason})
         self.halted = True
