@@ -75,15 +75,22 @@ class Reconciler(Service):
         return frozenset(text(k) for k in (*client.hkeys(keys.entry_locks), *client.hkeys(keys.exit_locks)))
 
     def run_once(self) -> list[Finding]:
-        internal = self.internal_positions()
+        # The reads are not one snapshot, so their order matters: an order in flight holds its symbol's
+        # lock from approval until position-state commits its fill. Locks read before and after the
+        # exchange, and internal positions last: a fill the exchange shows and position-state has not
+        # committed is still locked at the second read (or committed by the internal read), and a fill
+        # committed after the exchange read was locked at the first read unless its whole life (approval,
+        # order, commit) fell between the exchange answer and the next Redis call.
+        locked_before = self.in_flight()
         exchange = {p.symbol: Holding(p.side, p.qty, p.entry_price) for p in self.exchange.positions() if p.qty > 0}
+        in_flight = locked_before | self.in_flight()
+        internal = self.internal_positions()
         step_sizes = {}
         for symbol in set(internal) | set(exchange):
             try:
                 step_sizes[symbol] = float(self.exchange.filters(symbol).order_step)
             except ExchangeError:
                 step_sizes[symbol] = 0.0
-        in_flight = self.in_flight()
         now = self.ctx.now_ms()
         findings = reconcile(
             {s: h for s, (h, _) in internal.items()},
