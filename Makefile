@@ -50,11 +50,14 @@ chaos: $(STAMP) redis-server
 fuzz: $(STAMP) redis-server
 	QT_FUZZ_EXAMPLES=3000 $(BIN)/pytest -q -rs tests/integration/test_fuzz_consumers.py $(PYTEST_ARGS)
 
-## bench: benchmarks; results go to docs/BENCHMARKS.md by hand, with this command
+## bench: every benchmark (order path, replica scaling, governor flat cost, replay, inference); results go to
+## docs/BENCHMARKS.md by hand, with these commands
 bench: $(STAMP) redis-server
-	$(BIN)/python -m bench.pipeline
-	$(BIN)/python -m bench.redis_baseline
+	$(BIN)/python -m bench.order_path
+	$(BIN)/python -m bench.replica_scaling
+	$(BIN)/python -m bench.governor_flat_cost
 	$(BIN)/python -m bench.replay_throughput
+	$(BIN)/python -m bench.ml_inference --skip-training
 
 ## image: the one image for the operator and every component (needs a Docker engine); QT_CODE_VERSION is the
 ## commit, with "-dirty" when the tree has uncommitted changes

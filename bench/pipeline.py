@@ -896,7 +896,7 @@ def start_profilers(stack: Stack, workdir: Path) -> dict[str, tuple[subprocess.P
     when a thread holds the GIL, so time blocked in a socket read, which releases it, is not counted)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
-        raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
+        raise BenchError("--profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
     spies = {}
     for pod, process in stack.supervisor.processes.items():
         assert process.popen is not None
