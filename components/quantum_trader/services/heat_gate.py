@@ -104,7 +104,8 @@ class HeatGate(Service):
                         extra={"symbol": proposal.symbol, "proposal_id": proposal.proposal_id, "detail": str(pending)},
                     )
                     raise
-            time.sleep(VERDICT_POLL_SECONDS)
+            if self.ctx.stop.wait(VERDICT_POLL_SECONDS):  # an orderly stop leaves the proposal pending
+                raise VerdictPending("stopping before exit-brain's verdict")
 
     def on_proposal(self, envelope: Envelope[HarvestProposal], delivery: Delivery) -> Step | None:
         proposal = envelope.message

@@ -75,23 +75,20 @@ class IntentBridge(Service):
 
     def read_sides(self, envelopes: list[Envelope[TradeIntent]], deliveries: list[Delivery]) -> None:
         """The batch's positions (side, last close), in one pipeline (the handler reads each one it misses itself)."""
-        symbols = sorted({e.message.symbol for e in envelopes})
+        self._sides = self._read_positions(sorted({e.message.symbol for e in envelopes}))
+
+    def _read_positions(self, symbols: list[str]) -> dict[str, tuple[bytes | str | None, bytes | str | None]]:
         with self.ctx.client.pipeline(transaction=False) as pipe:
             for symbol in symbols:
                 pipe.hget(self.ctx.keys.position(symbol), "side")
                 pipe.hget(self.ctx.keys.cooldowns, symbol)
             answers = pipe.execute()
-        self._sides = {s: (answers[2 * i], answers[2 * i + 1]) for i, s in enumerate(symbols)}
+        return {s: (answers[2 * i], answers[2 * i + 1]) for i, s in enumerate(symbols)}
 
     def position(self, symbol: str) -> tuple[PositionSide, int | None]:
         """The symbol's position side and the market time of its last close (None: never closed)."""
-        if symbol in self._sides:  # read for this batch; used once, so a later intent reads it again
-            side, closed = self._sides.pop(symbol)
-        else:
-            with self.ctx.client.pipeline(transaction=False) as pipe:
-                pipe.hget(self.ctx.keys.position(symbol), "side")
-                pipe.hget(self.ctx.keys.cooldowns, symbol)
-                side, closed = pipe.execute()
+        # read for this batch and used once, so a later intent of the symbol reads it again
+        side, closed = self._sides.pop(symbol) if symbol in self._sides else self._read_positions([symbol])[symbol]
         last_close = int(text(closed)) if closed is not None and text(closed).isdigit() else None
         return (PositionSide.FLAT if side is None else PositionSide(text(side))), last_close
 
