@@ -131,6 +131,29 @@ def test_a_position_fetch_as_standard_clients_do_it(binance):
     assert float(position["maintMargin"]) == pytest.approx(notional * bracket["maintMarginRatio"] - bracket["cum"])
 
 
+@pytest.mark.parametrize(
+    ("quantity", "code"),
+    [
+        ("1e400", -4005),
+        ("0.001e1000", -4005),
+        ("9" * 5000, -4005),
+        ("inf", -1102),
+        ("NaN", -1102),
+        ("true", -1102),
+        ("1e-400", -1111),
+    ],
+)
+def test_a_quantity_out_of_every_bound_is_binances_refusal_not_an_unknown_error(sim, binance, quantity, code):
+    """Quantities with more digits than the decimal context holds once failed the step check with
+    InvalidOperation, answered as 500 -1000; Binance refuses them as the order's own error."""
+    with pytest.raises(BinanceAPIException) as refused:
+        binance.futures_create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity=quantity)
+    assert (refused.value.status_code, refused.value.code) == (400, code), refused.value.message
+    assert sim.state()["orders"] == 0
+    placed = binance.futures_create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01")
+    assert placed["status"] == "FILLED"
+
+
 def test_an_internal_failure_is_binances_unknown_error_not_a_stack_trace():
     """A handler that fails unexpectedly answers Binance's 500 -1000 in JSON; the cause goes to the log only."""
     import asyncio

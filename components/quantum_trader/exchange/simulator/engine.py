@@ -589,12 +589,14 @@ class MatchingEngine:
         assert isinstance(exponent, int)
         if -exponent > filters.quantity_precision:
             raise reject(BAD_PRECISION)
+        # above the maximum before the step: the step's remainder of a quantity with more digits than the
+        # decimal context holds (1e400, or thousands of digits) raises InvalidOperation instead of answering
+        if amount > filters.order_max_qty:
+            raise reject(QTY_ABOVE_MAX)
         if amount % filters.order_step != 0:
             raise reject(QTY_OFF_STEP)
         if amount < filters.order_min_qty:
             raise reject(QTY_BELOW_MIN)
-        if amount > filters.order_max_qty:
-            raise reject(QTY_ABOVE_MAX)
         return amount
 
     def _fill_price(self, last: Decimal, side: str, filters: SymbolFilters) -> Decimal:
