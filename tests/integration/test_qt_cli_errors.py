@@ -43,6 +43,8 @@ POLICY_FILES = {
     "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\x00", "is not a text file"),
     "nested-flow": (b"[" * 20000, "nested too deeply"),
     "nested-block": (nested_yaml(3000).encode(), "nested too deeply"),
+    # deeper than the policy's JSON validation goes, not as deep as YAML's own limit
+    "nested-mid": (b"symbols: " + b"{a: " * 250 + b"1" + b"}" * 250 + b"\n", "nested too deeply"),
     "empty": (b"", "is empty; to run with the default policy, leave out -f"),
     "blank": (b"  \n\n\t\n", "is empty; to run with the default policy, leave out -f"),
     "only-comments": (b"# nothing here\n", "leave out -f"),

@@ -316,6 +316,9 @@ def _validated_strictly(document: dict) -> PolicySpec:
     try:
         return PolicySpec.model_validate_json(payload, strict=True)
     except ValidationError as error:
+        # deeper than pydantic's JSON parser goes (~200) but within YAML's: not "<root>: Invalid JSON"
+        if any(e["type"] == "json_invalid" and "recursion limit" in e["msg"] for e in error.errors()):
+            raise PolicyError("the policy is nested too deeply to be a policy") from None
         raise PolicyError(describe_validation_error(error)) from None
 
 
