@@ -12,8 +12,12 @@ object default ``{}`` is checked as ``{}``:
    evaluated, e.g. ``self.fast`` on ``{}`` ("no such key"), refuses the CRD like a rule that is false.
 
 Defaults under ``additionalProperties`` are forbidden by the API server, so that walk does not follow them.
-The messages have the API server's shape, e.g.
-``spec.validation.openAPIV3Schema.properties[spec].properties[risk].default: Invalid value: "object": ...``.
+The CEL messages have the shape of Kubernetes 1.35 and later (kubernetes/kubernetes#132798, #133832), which is what
+the v1.36.2 server of issue 12 printed: a rule that cannot be evaluated names the node's type
+(``...properties[risk].default: Invalid value: "object": no such key: ... evaluating rule: ...``); a rule that is
+false shows the value when it is a string, number or boolean and nothing when it is an object or a list
+(``...properties[redis].default: Invalid value: redis: set exactly one of url or managed: true``). Servers
+before 1.35 printed the type in both cases; only the part before the detail differs.
 
 Used by the CRD unit tests, the chart's CRD test and the Kubernetes emulator of the integration tests.
 """
@@ -21,7 +25,10 @@ Used by the CRD unit tests, the chart's CRD test and the Kubernetes emulator of 
 from __future__ import annotations
 
 import functools
+import json
+import math
 from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 import celpy
@@ -138,8 +145,9 @@ def cel_errors(node: Mapping[str, Any], value: Any, old: Any, path: str) -> list
             result = error
         if isinstance(result, celtypes.BoolType):
             if not result:
+                # fieldPath moves the path, not the value: the value shown is still the rule's ``self``.
                 where = path + (rule.get("fieldPath") or "")
-                errors.append(f"{_invalid(where, node)}: {message}")
+                errors.append(f"{_invalid_value(where, value)}: {message}")
         else:
             errors.append(f"{_invalid(path, node)}: {_eval_error(result)} evaluating rule: {message}")
     if isinstance(value, Mapping):
@@ -203,6 +211,50 @@ def _eval_error(error: Any) -> str:
 
 
 def _invalid(path: str, node: Mapping[str, Any]) -> str:
-    """field.Invalid's prefix as the CEL validator writes it: the value is shown as the node's type."""
+    """field.Invalid's prefix with the node's type as the value, as the CEL validator reports a rule it could not
+    evaluate (and, before Kubernetes 1.35, a false one)."""
     kind = node.get("type", "object")
     return f'{path}: Invalid value: "{kind}"'
+
+
+def _invalid_value(path: str, value: Any) -> str:
+    """field.Invalid's prefix for a false rule since Kubernetes 1.35: a simple value printed as Go's field errors
+    print it (a string quoted, a number or boolean bare), an object or a list left out."""
+    if isinstance(value, Mapping | list):
+        return f"{path}: Invalid value"
+    return f"{path}: Invalid value: {go_value(value)}"
+
+
+def go_value(value: Any) -> str:
+    """A JSON scalar as ``field.Error`` prints it (``%q`` for a string, ``%v`` for a bool, int64 or float64)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _go_float(value)
+    if value is None:
+        return "null"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _go_float(number: float) -> str:
+    """Go's ``%v`` of a float64: the shortest digits that round-trip, in exponent form when the decimal exponent
+    is below -4 or at least 6 (``1e+06``, ``1.5e-05``), else plain (``1000``, ``0.25``)."""
+    if not math.isfinite(number):
+        return "NaN" if math.isnan(number) else ("+Inf" if number > 0 else "-Inf")
+    if number == 0:
+        return "-0" if math.copysign(1, number) < 0 else "0"
+    sign, digits, exponent = Decimal(repr(number)).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    point = len(text) + int(exponent)  # digits before the decimal point
+    decimal_exponent = point - 1
+    head = "-" if sign else ""
+    if decimal_exponent < -4 or decimal_exponent >= 6:
+        mantissa = text[0] + (f".{text[1:]}" if len(text) > 1 else "")
+        return f"{head}{mantissa}e{'-' if decimal_exponent < 0 else '+'}{abs(decimal_exponent):02d}"
+    if point <= 0:
+        return f"{head}0.{'0' * -point}{text}"
+    if point >= len(text):
+        return f"{head}{text}{'0' * (point - len(text))}"
+    return f"{head}{text[:point]}.{text[point:]}"

@@ -120,6 +120,12 @@ def kubectl(
     return result
 
 
+def server_version() -> tuple[int, int]:
+    """(major, minor) of the API server (a minor such as ``36+`` counts as 36)."""
+    version = json.loads(kubectl("version", "-o", "json").stdout)["serverVersion"]
+    return int(version["major"].rstrip("+")), int(version["minor"].rstrip("+"))
+
+
 def in_namespace(manifest: dict[str, Any], namespace: str) -> dict[str, Any]:
     manifest = copy.deepcopy(manifest)
     manifest.setdefault("metadata", {})["namespace"] = namespace

@@ -15,7 +15,7 @@ import yaml
 
 from harness.crd_defaults import default_violations
 from tests.conftest import REPO
-from tests.e2e.conftest import kubectl, kubectl_apply
+from tests.e2e.conftest import kubectl, kubectl_apply, server_version
 
 EXAMPLES = sorted(
     (path.name, index)
@@ -59,9 +59,13 @@ def test_the_refused_crd_is_refused_by_the_server_for_the_reasons_the_checker_gi
     path.write_text(yaml.safe_dump(definition))
     result = kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
     assert result.returncode != 0
-    expected = {p.split(": Invalid value: ", 1)[1].split(": ", 1)[1] for p in default_violations(definition)}
-    assert len(expected) == 3
-    for message in expected:
+    problems = set(default_violations(definition))
+    assert len(problems) == 3
+    if server_version() < (1, 35):
+        # Before 1.35 a false rule showed the node's type as its value (harness/crd_defaults.py): what follows
+        # "Invalid value: " agrees, the full line does not.
+        problems = {p.split(": Invalid value: ", 1)[1] for p in problems}
+    for message in problems:
         assert message in result.stderr, f"the server did not say {message!r}: {result.stderr}"
 
 
