@@ -19,15 +19,18 @@ false shows the value when it is a string, number or boolean and nothing when it
 (``...properties[redis].default: Invalid value: redis: set exactly one of url or managed: true``). Servers
 before 1.35 printed the type in both cases; only the part before the detail differs.
 
-Used by the CRD unit tests, the chart's CRD test and the Kubernetes emulator of the integration tests.
+Used by the CRD unit tests, the chart's CRD test and the Kubernetes emulator of the integration tests; the CRD
+admission tests use its defaulting of written objects (``apply_defaults``), schema and CEL evaluation too.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -100,23 +103,51 @@ def _unknown_fields(node: Mapping[str, Any], value: Any, path: str) -> Iterator[
             yield from _unknown_fields(node["items"], item, f"{path}[{index}]")
 
 
-def to_json_schema(node: Mapping[str, Any]) -> dict[str, Any]:
-    """A structural schema node as JSON Schema draft 4 (whose exclusiveMinimum is also a boolean)."""
+def to_json_schema(node: Mapping[str, Any], *, strict: bool = False) -> dict[str, Any]:
+    """A structural schema node as JSON Schema draft 4 (whose exclusiveMinimum is also a boolean).
+
+    ``strict``: unknown fields are refused (``additionalProperties: false``) where the API server would prune them,
+    as ``kubectl apply``'s default strict field validation reports them to the user."""
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("nullable", "default", "description") or key.startswith("x-kubernetes-"):
             continue
         if key == "properties":
-            out[key] = {name: to_json_schema(child) for name, child in value.items()}
+            out[key] = {name: to_json_schema(child, strict=strict) for name, child in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
-            out[key] = to_json_schema(value)
+            out[key] = to_json_schema(value, strict=strict)
         else:
             out[key] = value
     if node.get("nullable") and "type" in node:
         out["type"] = [node["type"], "null"]
     if node.get("x-kubernetes-list-type") == "set":
         out["uniqueItems"] = True
+    pruned = "properties" in node and "additionalProperties" not in node
+    if strict and pruned and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
     return out
+
+
+def apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
+    """The API server's defaulting of an object written to it (not of a CRD's defaults: those are checked as
+    written): a missing property with a default gets it, and then that value's own defaults, down properties,
+    map values and list items. ``value`` is not changed; the defaulted copy is returned."""
+    if isinstance(value, Mapping):
+        value = dict(value)
+        props = schema.get("properties") or {}
+        for name, child in props.items():
+            if name not in value and "default" in child:
+                value[name] = copy.deepcopy(child["default"])
+            if name in value:
+                value[name] = apply_defaults(child, value[name])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            for key in value:
+                if key not in props:
+                    value[key] = apply_defaults(extra, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        value = [apply_defaults(schema["items"], item) for item in value]
+    return value
 
 
 def _json_path(parts: Any) -> str:
@@ -126,30 +157,57 @@ def _json_path(parts: Any) -> str:
 # ---------------------------------------------------------------- CEL
 
 
+@dataclass(frozen=True, slots=True)
+class RuleFailure:
+    """One ``x-kubernetes-validations`` rule that did not hold for the value at ``path``."""
+
+    path: str
+    node: Mapping[str, Any]
+    value: Any
+    """the rule's ``self``"""
+    rule: Mapping[str, Any]
+    error: str | None
+    """why the rule could not be evaluated (cel-go's words); None: it evaluated to false"""
+
+    @property
+    def message(self) -> str:
+        return str(self.rule.get("message") or f"failed rule: {self.rule['rule']}")
+
+    def report(self) -> str:
+        """The line the API server reports it with (the module docstring gives the shapes)."""
+        if self.error is not None:
+            return f"{_invalid(self.path, self.node)}: {self.error} evaluating rule: {self.message}"
+        # fieldPath moves the path, not the value: the value shown is still the rule's ``self``.
+        return f"{_invalid_value(self.path + (self.rule.get('fieldPath') or ''), self.value)}: {self.message}"
+
+
 def cel_errors(node: Mapping[str, Any], value: Any, old: Any, path: str) -> list[str]:
-    """The CEL validator over ``value``: the node's rules, then its properties, map values and list items."""
+    """The CEL validator's errors over ``value``, as the API server words them."""
+    return [failure.report() for failure in rule_failures(node, value, old, path)]
+
+
+def rule_failures(node: Mapping[str, Any], value: Any, old: Any, path: str = "self") -> list[RuleFailure]:
+    """The CEL validator over ``value`` (``old``: the object before an update, None on create): the node's rules,
+    then its properties, map values and list items. Transition rules (``oldSelf``) run only with an old value;
+    items of a map list meet their old selves by key, other list items are new."""
     if value is None:
         return []
-    errors: list[str] = []
+    failures: list[RuleFailure] = []
     for rule in node.get("x-kubernetes-validations") or []:
         transition = "oldSelf" in rule["rule"]
         if transition and old is None:
-            continue  # a transition rule runs only against an old value
+            continue
         activation = {"self": to_cel(node, value)}
         if transition:
             activation["oldSelf"] = to_cel(node, old)
-        message = rule.get("message") or f"failed rule: {rule['rule']}"
         try:
             result = program(rule["rule"]).evaluate(activation)
         except celpy.CELEvalError as error:
             result = error
-        if isinstance(result, celtypes.BoolType):
-            if not result:
-                # fieldPath moves the path, not the value: the value shown is still the rule's ``self``.
-                where = path + (rule.get("fieldPath") or "")
-                errors.append(f"{_invalid_value(where, value)}: {message}")
-        else:
-            errors.append(f"{_invalid(path, node)}: {_eval_error(result)} evaluating rule: {message}")
+        if not isinstance(result, celtypes.BoolType):
+            failures.append(RuleFailure(path, node, value, rule, _eval_error(result)))
+        elif not result:
+            failures.append(RuleFailure(path, node, value, rule, None))
     if isinstance(value, Mapping):
         props = node.get("properties") or {}
         extra = node.get("additionalProperties")
@@ -157,16 +215,15 @@ def cel_errors(node: Mapping[str, Any], value: Any, old: Any, path: str) -> list
         for key, item in value.items():
             child = props.get(key) if key in props else extra if isinstance(extra, Mapping) else None
             if child is not None:
-                errors.extend(cel_errors(child, item, olds.get(key), f"{path}.{key}"))
+                failures.extend(rule_failures(child, item, olds.get(key), f"{path}.{key}"))
     elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
         items = node["items"]
         keys = node.get("x-kubernetes-list-map-keys") if node.get("x-kubernetes-list-type") == "map" else None
         olds_by_key = {_map_key(o, keys): o for o in old or []} if keys else {}
         for index, item in enumerate(value):
-            # Only map lists correlate an item with its old self (by key); other items are checked as new.
             old_item = olds_by_key.get(_map_key(item, keys)) if keys else None
-            errors.extend(cel_errors(items, item, old_item, f"{path}[{index}]"))
-    return errors
+            failures.extend(rule_failures(items, item, old_item, f"{path}[{index}]"))
+    return failures
 
 
 def _map_key(item: Any, keys: list[str]) -> tuple[Any, ...]:

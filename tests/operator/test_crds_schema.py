@@ -1,8 +1,8 @@
 """The generated CRDs: checked in as generated, structural, documented, and admitting exactly the right objects.
 
-Without an API server, admission is reproduced in two steps: the schema through ``jsonschema`` (with the API
-server's defaulting first and unknown fields refused, as ``kubectl``'s strict field validation does), and the
-``x-kubernetes-validations`` rules through a real CEL implementation (``celpy``) when it is installed.
+Without an API server, admission is reproduced in two steps with harness/crd_defaults.py: the schema through
+``jsonschema`` (with the API server's defaulting first and unknown fields refused, as ``kubectl``'s strict field
+validation does), and the ``x-kubernetes-validations`` rules through a real CEL implementation (``celpy``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes.client.models import V1JSONSchemaProps, V1ValidationRule
 
+from harness.crd_defaults import apply_defaults, rule_failures, to_json_schema
 from quantum_trader_operator.crdgen import render_crds
 from quantum_trader_operator.desired import desired_objects, validate_policy
 from quantum_trader_operator.models import RESOURCES
@@ -33,13 +34,6 @@ IMAGE = f"ghcr.io/quantum-trader/quantum-trader@{DIGEST}"
 SCHEMA_KEYWORDS = frozenset(V1JSONSchemaProps.attribute_map.values())
 RULE_KEYWORDS = frozenset(V1ValidationRule.attribute_map.values())
 REFUSED = ("$ref", "anyOf", "allOf", "oneOf", "not", "title", "$defs", "definitions")
-try:
-    import celpy  # noqa: F401  (cel-python: a real CEL implementation)
-
-    HAVE_CEL = True
-except ImportError:  # without it the CEL rules are only checked for plausibility, and CEL-only refusals skip
-    HAVE_CEL = False
-
 FORMATS = jsonschema.FormatChecker(formats=())
 
 
@@ -95,57 +89,9 @@ def all_schemas() -> Iterator[tuple[str, str, dict[str, Any]]]:
             yield resource.kind, path, node
 
 
-def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """The API server's defaulting: a missing property with a default gets it, then its own defaults."""
-    if isinstance(value, dict):
-        value = dict(value)
-        for name, child in (schema.get("properties") or {}).items():
-            if name not in value and "default" in child:
-                value[name] = copy.deepcopy(child["default"])
-            if name in value:
-                value[name] = apply_defaults(child, value[name])
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict):
-            for key in value:
-                if key not in (schema.get("properties") or {}):
-                    value[key] = apply_defaults(extra, value[key])
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        value = [apply_defaults(schema["items"], item) for item in value]
-    return value
-
-
-def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
-    """A Kubernetes structural schema as JSON Schema draft 4 (whose exclusiveMinimum is also a boolean).
-
-    Unknown fields are refused (``additionalProperties: false``) where Kubernetes would prune them: that is
-    what ``kubectl apply``'s default strict field validation reports to the user.
-    """
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in ("nullable", "default") or key.startswith("x-kubernetes-"):
-            continue
-        if key == "properties":
-            out[key] = {name: to_json_schema(child) for name, child in value.items()}
-        elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            out[key] = to_json_schema(value)
-        else:
-            out[key] = value
-    if node.get("nullable"):
-        out["type"] = [node["type"], "null"]
-    if node.get("x-kubernetes-list-type") == "set":
-        out["uniqueItems"] = True
-    if (
-        "properties" in node
-        and "additionalProperties" not in node
-        and not node.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
 def schema_errors(kind: str, document: dict[str, Any]) -> list[str]:
     schema = open_api(kind)
-    validator = jsonschema.Draft4Validator(to_json_schema(schema), format_checker=FORMATS)
+    validator = jsonschema.Draft4Validator(to_json_schema(schema, strict=True), format_checker=FORMATS)
     return sorted(error.message for error in validator.iter_errors(apply_defaults(schema, document)))
 
 
@@ -159,60 +105,16 @@ def cel_rules(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dic
 
 
 def cel_failures(kind: str, document: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    """Messages of every rule that does not evaluate to true (an evaluation error counts as a failure)."""
-    pytest.importorskip("celpy", reason="evaluating CEL rules needs cel-python")
-    from celpy import celtypes
-
-    from harness.crd_defaults import program, to_cel
-
+    """Messages of every rule that does not evaluate to true (an evaluation error counts as a failure), on the
+    defaulted document; ``old``: the object before an update (transition rules run)."""
     schema = open_api(kind)
-    failures: list[str] = []
-
-    def visit(node: dict[str, Any], value: Any, old_value: Any) -> None:
-        if value is None:
-            return
-        for rule in node.get("x-kubernetes-validations") or []:
-            if "oldSelf" in rule["rule"] and old_value is None:
-                continue  # a transition rule runs on update only
-            activation = {"self": to_cel(node, value)}
-            if old_value is not None:
-                activation["oldSelf"] = to_cel(node, old_value)
-            try:
-                result = program(rule["rule"]).evaluate(activation)
-            except Exception as error:  # a rule that cannot run is refused by the API server too
-                result = error
-            if not (isinstance(result, celtypes.BoolType) and bool(result)):
-                failures.append(rule["message"])
-        if isinstance(value, dict):
-            for name, child in (node.get("properties") or {}).items():
-                old_child = old_value.get(name) if isinstance(old_value, dict) else None
-                visit(child, value.get(name), old_child)
-            extra = node.get("additionalProperties")
-            if isinstance(extra, dict):
-                for item in value.values():
-                    visit(extra, item, None)
-        elif isinstance(value, list) and isinstance(node.get("items"), dict):
-            for item in value:
-                visit(node["items"], item, None)
-
-    defaulted = apply_defaults(schema, document)
-    visit(schema, defaulted, apply_defaults(schema, old) if old is not None else None)
-    return failures
+    before = apply_defaults(schema, old) if old is not None else None
+    return [failure.message for failure in rule_failures(schema, apply_defaults(schema, document), before)]
 
 
 def admission_errors(kind: str, document: dict[str, Any]) -> list[str]:
     """Schema errors first (the API server stops there), else the CEL rules' messages (when CEL is here)."""
-    return schema_errors(kind, document) or (cel_failures(kind, document) if HAVE_CEL else [])
-
-
-def refusal(kind: str, document: dict[str, Any]) -> list[str]:
-    """Why admission refuses ``document``; skips the test when only a CEL rule could say and CEL is missing."""
-    errors = schema_errors(kind, document)
-    if errors:
-        return errors
-    if not HAVE_CEL:
-        pytest.skip("refused by a CEL rule: evaluating it needs cel-python")
-    return cel_failures(kind, document)
+    return schema_errors(kind, document) or cel_failures(kind, document)
 
 
 # ---------------------------------------------------------------- generated == checked in
@@ -486,7 +388,7 @@ def test_bad_policies_are_refused(case: str, changes: dict[str, Any], admission:
     if flagged is not None:  # first, so it is checked even where the CEL half has to be skipped
         problems = validate_policy(document)
         assert any(flagged in p for p in problems), f"{case}: validate_policy said {problems}"
-    errors = refusal("TradingPolicy", document)
+    errors = admission_errors("TradingPolicy", document)
     assert any(admission in e for e in errors), f"{case}: admission said {errors}"
 
 
@@ -531,7 +433,7 @@ OTHER_REFUSALS = [
 
 @pytest.mark.parametrize(("case", "document", "message"), OTHER_REFUSALS, ids=[c[0] for c in OTHER_REFUSALS])
 def test_bad_rollouts_and_switches_are_refused(case: str, document: dict[str, Any], message: str) -> None:
-    errors = refusal(document["kind"], document)
+    errors = admission_errors(document["kind"], document)
     assert any(message in e for e in errors), f"{case}: {errors}"
 
 
@@ -576,8 +478,6 @@ def test_admission_and_the_policy_model_agree_on_pinned_images(image: str) -> No
     """The CEL rule is contracts.policy.IMAGE_DIGEST: what one admits, the other parses."""
     from quantum_trader.contracts.policy import IMAGE_DIGEST
 
-    if not HAVE_CEL:
-        pytest.skip("evaluating CEL rules needs cel-python")
     admitted = "pinned by digest" not in " ".join(cel_failures("TradingPolicy", policy(image=image)))
     assert admitted is bool(IMAGE_DIGEST.match(image))
 
@@ -597,7 +497,5 @@ def test_admission_and_the_policy_model_agree_on_pinned_images(image: str) -> No
 )
 def test_admission_and_validate_policy_agree_on_redis_urls(url: str) -> None:
     problems = [p for p in validate_policy(policy(redis={"url": url})) if "redis.url" in p]
-    if not HAVE_CEL:
-        pytest.skip("evaluating CEL rules needs cel-python")
     refused = any("redis.url" in m for m in cel_failures("TradingPolicy", policy(redis={"url": url})))
     assert refused is bool(problems), problems

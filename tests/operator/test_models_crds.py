@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
+from harness.crd_defaults import apply_defaults
 from quantum_trader.contracts.policy import PolicySpec
 from quantum_trader_operator import crdgen
 from quantum_trader_operator.models import (
@@ -24,20 +24,6 @@ from quantum_trader_operator.models import (
 )
 
 IMAGE = "ghcr.io/quantum-trader/quantum-trader@sha256:" + "ab" * 32
-
-
-def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """The API server's defaulting (see test_crds_schema.apply_defaults)."""
-    if isinstance(value, dict):
-        value = dict(value)
-        for name, child in (schema.get("properties") or {}).items():
-            if name not in value and "default" in child:
-                value[name] = copy.deepcopy(child["default"])
-            if name in value:
-                value[name] = apply_defaults(child, value[name])
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        value = [apply_defaults(schema["items"], item) for item in value]
-    return value
 
 
 def spec_schema(kind: str) -> dict[str, Any]:
