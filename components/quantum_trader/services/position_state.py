@@ -45,8 +45,8 @@ from dataclasses import dataclass
 import redis
 
 from quantum_trader.bus.codec import text, text_dict
-from quantum_trader.bus.consumer import Delivery, Handler, no_done_precheck
-from quantum_trader.bus.step import Step
+from quantum_trader.bus.consumer import Delivery, Handler, Prepared, no_done_precheck
+from quantum_trader.bus.step import Step, StepOutcome, StepRunner
 from quantum_trader.contracts.envelope import Envelope
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import ExecutionResult
@@ -54,6 +54,7 @@ from quantum_trader.risk.heat import PortfolioHeat, equity, heat_from_totals, po
 from quantum_trader.risk.positions import Position, PositionFormatError
 from quantum_trader.risk.settlement import PortfolioView, Settlement, settle
 from quantum_trader.runtime.service import ComponentContext, Service
+from quantum_trader.services.step_batch import BatchOutcome, BatchStep, StepBatch
 
 log = logging.getLogger(__name__)
 
@@ -119,31 +120,173 @@ def read_state(client: redis.Redis, keys: Keys, symbol: str, done_key: str | Non
             pipe.exists(done_key)
         replies = pipe.execute()
     raw_position, entry_lock, exit_lock, raw_ledger, raw_entry, open_count, (raw_total, raw_state) = replies[:7]
-    done = bool(replies[7]) if done_key is not None else False
-    position_hash = text_dict(raw_position)
-    ledger = text_dict(raw_ledger)
-    entry = text(raw_entry)
-    heat_ok = text(raw_state) == RISK_OK and raw_total is not None
-    old_risk = total = 0.0
-    if heat_ok:
-        try:
-            total = float(raw_total)
-            old_risk = float(entry) if entry is not None else 0.0
-        except ValueError:
-            heat_ok = False
-            log.error("unreadable heat totals: heat not written", extra={"symbol": symbol, "entry": entry})
-    others_open = int(open_count) - (1 if entry is not None else 0)
-    view = PortfolioView(
-        position=Position.from_hash(symbol, position_hash),
-        others=(),
-        entry_lock=text(entry_lock),
-        exit_lock=text(exit_lock),
-        realized_pnl=float(ledger.get("realized_pnl") or 0),
-        fees=float(ledger.get("fees") or 0),
-        others_risk=total - old_risk if heat_ok else 0.0,
-        others_open=max(0, others_open),
+    book = BatchBook.from_replies(
+        {symbol: (raw_position, entry_lock, exit_lock, raw_entry)}, raw_ledger, open_count, raw_total, raw_state
     )
-    return StateRead(view, position_hash.get("version"), heat_ok, entry, old_risk, raw_state is None, done)
+    return book.state(symbol, done=bool(replies[7]) if done_key is not None else False)
+
+
+def read_batch(
+    client: redis.Redis, keys: Keys, symbols: list[str], done_keys: list[str]
+) -> tuple[BatchBook, list[bool]]:
+    """What :func:`read_state` reads, for every symbol of a batch and whether each message is done: one round trip.
+
+    The locks and risk entries of every symbol come in one HMGET each, so the read costs one
+    HGETALL per symbol and one EXISTS per message, plus five commands for the batch.
+    """
+    with client.pipeline(transaction=False) as pipe:
+        for symbol in symbols:
+            pipe.hgetall(keys.position(symbol))
+        pipe.hmget(keys.entry_locks, symbols)
+        pipe.hmget(keys.exit_locks, symbols)
+        pipe.hmget(keys.portfolio_risk, symbols)
+        pipe.hgetall(keys.ledger_equity)
+        pipe.hlen(keys.portfolio_risk)
+        pipe.hmget(keys.portfolio_risk_total, "open_risk", "state")
+        for done_key in done_keys:
+            pipe.exists(done_key)
+        replies = pipe.execute()
+    n = len(symbols)
+    entry_locks, exit_locks, raw_entries, raw_ledger, open_count, (raw_total, raw_state) = replies[n : n + 6]
+    raws = {symbol: (replies[i], entry_locks[i], exit_locks[i], raw_entries[i]) for i, symbol in enumerate(symbols)}
+    book = BatchBook.from_replies(raws, raw_ledger, open_count, raw_total, raw_state)
+    return book, [bool(found) for found in replies[n + 6 :]]
+
+
+@dataclass(slots=True)
+class _SymbolState:
+    """One symbol's part of a :class:`BatchBook`: what its next result is settled on."""
+
+    position: Position | PositionFormatError
+    """the position, or why its hash cannot be read (its results are then handled on their own, and fail)"""
+    version: str | None
+    entry_lock: str | None
+    exit_lock: str | None
+    risk_entry: str | None
+    risk_readable: bool
+
+
+class BatchBook:
+    """The state a batch of results is settled on: read once, then moved in memory by each settlement (pure).
+
+    ``state(symbol)`` is what :func:`read_state` would read right after the batch's earlier steps
+    applied (the step script applies them in order and stops at the first that does not, see
+    ``services/step_batch.py``); ``advance`` moves the book by exactly what ``settlement_step`` writes.
+    """
+
+    def __init__(
+        self,
+        symbols: dict[str, _SymbolState],
+        *,
+        heat_ok: bool,
+        totals_missing: bool,
+        open_risk: float,
+        risk_entries: int,
+        realized_pnl: float,
+        fees: float,
+    ) -> None:
+        self._symbols = symbols
+        self.heat_ok = heat_ok
+        self.totals_missing = totals_missing
+        self.open_risk = open_risk
+        self.risk_entries = risk_entries
+        self.realized_pnl = realized_pnl
+        self.fees = fees
+
+    @classmethod
+    def from_replies(
+        cls,
+        raws: Mapping[str, tuple[Mapping, object, object, object]],
+        raw_ledger: Mapping,
+        open_count: int,
+        raw_total: object,
+        raw_state: object,
+    ) -> BatchBook:
+        """From the replies of a read: per symbol (position hash, entry lock, exit lock, risk entry)."""
+        ledger = text_dict(raw_ledger)
+        heat_ok = text(raw_state) == RISK_OK and raw_total is not None
+        total = 0.0
+        if heat_ok:
+            try:
+                total = float(raw_total)  # type: ignore[arg-type]
+            except ValueError:
+                heat_ok = False
+                log.error("unreadable heat totals: heat not written", extra={"total": text(raw_total)})
+        symbols = {}
+        for symbol, (raw_position, entry_lock, exit_lock, raw_entry) in raws.items():
+            position_hash = text_dict(raw_position)
+            position: Position | PositionFormatError
+            try:
+                position = Position.from_hash(symbol, position_hash)
+            except PositionFormatError as error:
+                position = error
+            entry = text(raw_entry)
+            readable = True
+            if heat_ok and entry is not None:
+                try:
+                    float(entry)
+                except ValueError:
+                    readable = False
+                    log.error("unreadable heat totals: heat not written", extra={"symbol": symbol, "entry": entry})
+            symbols[symbol] = _SymbolState(
+                position, position_hash.get("version"), text(entry_lock), text(exit_lock), entry, readable
+            )
+        return cls(
+            symbols,
+            heat_ok=heat_ok,
+            totals_missing=raw_state is None,
+            open_risk=total,
+            risk_entries=int(open_count),
+            realized_pnl=float(ledger.get("realized_pnl") or 0),
+            fees=float(ledger.get("fees") or 0),
+        )
+
+    def readable(self, symbol: str) -> bool:
+        return not isinstance(self._symbols[symbol].position, PositionFormatError)
+
+    def state(self, symbol: str, *, done: bool = False) -> StateRead:
+        """What the symbol's next result is settled on (raises PositionFormatError for an unreadable hash)."""
+        mine = self._symbols[symbol]
+        if isinstance(mine.position, PositionFormatError):
+            raise mine.position
+        heat_ok = self.heat_ok and mine.risk_readable
+        old_risk = float(mine.risk_entry) if heat_ok and mine.risk_entry is not None else 0.0
+        view = PortfolioView(
+            position=mine.position,
+            others=(),
+            entry_lock=mine.entry_lock,
+            exit_lock=mine.exit_lock,
+            realized_pnl=self.realized_pnl,
+            fees=self.fees,
+            others_risk=self.open_risk - old_risk if heat_ok else 0.0,
+            others_open=max(0, self.risk_entries - (1 if mine.risk_entry is not None else 0)),
+        )
+        return StateRead(view, mine.version, heat_ok, mine.risk_entry, old_risk, self.totals_missing, done)
+
+    def advance(self, symbol: str, state: StateRead, settlement: Settlement) -> None:
+        """The book after ``settlement_step(state, settlement)`` applied: its writes, mirrored."""
+        mine = self._symbols[symbol]
+        fill = settlement.fill
+        if fill.changed:
+            mine.position = fill.position
+            mine.version = str(fill.position.version)
+        if settlement.release_entry_lock:
+            mine.entry_lock = None
+        if settlement.release_exit_lock:
+            mine.exit_lock = None
+        self.realized_pnl += float(fill.realized_pnl)
+        self.fees += float(fill.fee)
+        if state.heat_ok and fill.changed:
+            position = fill.position
+            new_risk = position.open_risk() if position.is_open else 0.0
+            if position.is_open:
+                self.risk_entries += 1 if mine.risk_entry is None else 0
+                mine.risk_entry = repr(float(new_risk))
+            elif mine.risk_entry is not None:
+                self.risk_entries -= 1
+                mine.risk_entry = None
+            if new_risk != state.old_risk:
+                self.open_risk += float(new_risk - state.old_risk)
 
 
 def read_positions(client: redis.Redis, keys: Keys, symbols: list[str]) -> tuple[list[Position], str | None]:
@@ -173,8 +316,13 @@ def settlement_step(
     corr: str,
     input_id: str,
     now_ms: int,
+    write_heat: bool = True,
 ) -> Step:
-    """The guarded writes and outputs of one settled result (see docs/EXECUTION.md for each)."""
+    """The guarded writes and outputs of one settled result (see docs/EXECUTION.md for each).
+
+    ``write_heat`` False leaves out the ``portfolio:heat`` write (and nothing else): a step of a
+    batch that a later step of the same script writes the heat after.
+    """
     symbol = result.symbol
     fill = settlement.fill
     step = Step()
@@ -218,14 +366,25 @@ def settlement_step(
                 step.write("HDEL", keys.portfolio_risk, symbol)
             if new_risk != state.old_risk:
                 step.write("HINCRBYFLOAT", keys.portfolio_risk_total, "open_risk", float(new_risk - state.old_risk))
-        heat_fields = settlement.heat.to_hash(now_ms)
-        heat_fields["market_time"] = str(result.time)
-        step.write("HSET", keys.portfolio_heat, *_flat(heat_fields))
+        if write_heat:
+            heat_fields = settlement.heat.to_hash(now_ms)
+            heat_fields["market_time"] = str(result.time)
+            step.write("HSET", keys.portfolio_heat, *_flat(heat_fields))
     if fill.changed:
         step.emit(SNAPSHOT_STREAM, fill.position.snapshot(result.time), id=f"snap:{input_id}", corr=corr)
     if fill.closed is not None:
         step.emit(CLOSED_STREAM, fill.closed, id=f"trade:{fill.closed.trade_id}", corr=corr)
     return step
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """What the batch script did with one result of the batch (``on_result`` reports it)."""
+
+    message_id: str
+    outcome: StepOutcome
+    settlement: Settlement | None
+    """None for a message that was done already"""
 
 
 class PositionStateService(Service):
@@ -234,9 +393,14 @@ class PositionStateService(Service):
         self.starting_balance = ctx.policy.simulator.starting_balance
         self._next_refresh = 0.0
         self._next_rebuild = 0.0
+        streams = ctx.policy.streams
+        runner = StepRunner(ctx.client, ctx.keys, ctx.name, streams.max_len, streams.done_ttl_seconds)
+        self._batch_script = StepBatch(ctx.client, runner)
+        self._settled: dict[str, _Settled] = {}
+        """entry id -> what the current batch's script did with it (``settle_batch``)"""
 
     def handlers(self) -> dict[str, Handler]:
-        return {RESULT_STREAM: self.on_result}
+        return {RESULT_STREAM: Prepared(self.on_result, self.settle_batch)}
 
     def start(self) -> None:
         self.refresh_heat()
@@ -249,8 +413,68 @@ class PositionStateService(Service):
             self.refresh_heat()  # the totals are not trusted (or missing): rebuild them now
         return None
 
-    @no_done_precheck  # in read_state's round trip
-    def on_result(self, envelope: Envelope[ExecutionResult], delivery: Delivery) -> Step:
+    def settle_batch(self, envelopes: list[Envelope[ExecutionResult]], deliveries: list[Delivery]) -> None:
+        """Settle the batch's results with one read and one script (``on_result`` then reports each).
+
+        The read takes every symbol's state at once; each result is settled on the state the
+        results before it leave (:class:`BatchBook`), and the steps go in one script that stops at
+        the first one that does not apply (``services/step_batch.py``): a result it did not settle
+        is settled by ``on_result`` on its own, as before batches. A guard that an earlier step of
+        the batch checked already is left out (nothing else runs in between and the book knows what
+        that step wrote), and only the batch's last step writes the heat (nobody sees the heat
+        between two steps of one script).
+        """
+        self._settled = {}
+        client, keys = self.ctx.client, self.ctx.keys
+        done_keys = [keys.done(self.ctx.name, e.id) for e in envelopes]
+        symbols = sorted({e.message.symbol for e in envelopes})
+        book, done = read_batch(client, keys, symbols, done_keys)
+        if book.totals_missing:  # before the first refresh of an instance: build the totals once
+            self.refresh_heat()
+            book, done = read_batch(client, keys, symbols, done_keys)
+        now_ms = self.ctx.now_ms()
+        planned: list[tuple[Envelope[ExecutionResult], Delivery, Settlement | None, BatchStep]] = []
+        seen: set[str] = set()
+        for envelope, delivery, already_done in zip(envelopes, deliveries, done, strict=True):
+            symbol = envelope.message.symbol
+            if envelope.id in seen or not book.readable(symbol):
+                continue  # a repeat is checked on its own; an unreadable position fails on its own
+            seen.add(envelope.id)
+            if already_done:
+                planned.append((envelope, delivery, None, self._batch_step(Step(), envelope, delivery, done=True)))
+                continue
+            state = book.state(symbol)
+            settlement = settle(state.view, envelope.message, self.starting_balance)
+            step = settlement_step(
+                keys, envelope.message, state, settlement, corr=envelope.corr, input_id=envelope.id, now_ms=now_ms
+            )
+            book.advance(symbol, state, settlement)
+            planned.append((envelope, delivery, settlement, self._batch_step(step, envelope, delivery)))
+        _drop_repeated_guards([p[3].step for p in planned])
+        _heat_in_last_step_only([p[3].step for p in planned], keys.portfolio_heat)
+        outcomes = self._batch_script.run([p[3] for p in planned])
+        for (envelope, delivery, settlement, _), outcome in zip(planned, outcomes, strict=True):
+            if outcome.step_outcome is not None:
+                self._settled[delivery.entry_id] = _Settled(envelope.id, outcome.step_outcome, settlement)
+            elif outcome is BatchOutcome.FAILED:
+                log.warning("batched step failed: settled on its own", extra={"msg_id": envelope.id})
+        if any(o.value != p[3].expected.value for o, p in zip(outcomes, planned, strict=True)):
+            # the batch stopped before the step that was to write the heat: write it from the totals the
+            # applied steps moved (the steps settled on their own afterwards write theirs)
+            self.count("batches_stopped")
+            self.refresh_heat_from_totals()
+
+    def _batch_step(self, step: Step, envelope: Envelope, delivery: Delivery, *, done: bool = False) -> BatchStep:
+        expected = StepOutcome.DUPLICATE if done else StepOutcome.DONE
+        return BatchStep(step, envelope.id, delivery.stream, self.ctx.name, delivery.entry_id, expected)
+
+    @no_done_precheck  # read with the batch's state (or in read_state's round trip)
+    def on_result(self, envelope: Envelope[ExecutionResult], delivery: Delivery) -> Step | StepOutcome:
+        settled = self._settled.pop(delivery.entry_id, None)
+        if settled is not None and settled.message_id == envelope.id:
+            if settled.settlement is not None and settled.outcome is StepOutcome.DONE:
+                self._count(envelope.message, settled.settlement)
+            return settled.outcome
         result = envelope.message
         client, keys = self.ctx.client, self.ctx.keys
         done_key = keys.done(self.ctx.name, envelope.id)
@@ -261,6 +485,18 @@ class PositionStateService(Service):
             self.refresh_heat()
             state = read_state(client, keys, result.symbol, done_key)
         settlement = settle(state.view, result, self.starting_balance)
+        self._count(result, settlement)
+        return settlement_step(
+            self.ctx.keys,
+            result,
+            state,
+            settlement,
+            corr=envelope.corr,
+            input_id=envelope.id,
+            now_ms=self.ctx.now_ms(),
+        )
+
+    def _count(self, result: ExecutionResult, settlement: Settlement) -> None:
         fill = settlement.fill
         if fill.ignored_qty:
             self.count("fill_qty_ignored")
@@ -271,15 +507,6 @@ class PositionStateService(Service):
         self.count(f"results_{result.status.value.lower()}")
         if fill.closed is not None:
             self.count("trades_closed")
-        return settlement_step(
-            self.ctx.keys,
-            result,
-            state,
-            settlement,
-            corr=envelope.corr,
-            input_id=envelope.id,
-            now_ms=self.ctx.now_ms(),
-        )
 
     def refresh_heat(self) -> PortfolioHeat | None:
         """Rebuild the heat totals and ``portfolio:heat`` from every position, from scratch.
@@ -357,6 +584,29 @@ class PositionStateService(Service):
         except redis.RedisError as error:
             log.warning("heat refresh failed", extra={"error": str(error)})
             return True  # retried at the next refresh; not a reason to read every position
+
+
+def _drop_repeated_guards(steps: list[Step]) -> None:
+    """Leave out of each step the guards an earlier step of the same batch script checked already.
+
+    The script stops at the first step that does not apply, and each step of the book was computed
+    on what the steps before it wrote, so a field one of them checked holds, when a later step runs,
+    exactly what that later step expects: checking it again can only pass.
+    """
+    checked: set[tuple[str, str]] = set()
+    for step in steps:
+        step.guards = [g for g in step.guards if (g.key, g.field) not in checked]
+        checked.update((g.key, g.field) for g in step.guards)
+
+
+def _heat_in_last_step_only(steps: list[Step], heat_key: str) -> None:
+    """Only the last heat write of a batch script is ever seen: leave out the ones before it."""
+    last = None
+    for index, step in enumerate(steps):
+        if any(op[0] == "HSET" and op[1] == heat_key for op in step.ops):
+            last = index
+    for step in steps[:last] if last is not None else []:
+        step.ops = [op for op in step.ops if not (op[0] == "HSET" and op[1] == heat_key)]
 
 
 def build(ctx: ComponentContext) -> Service:
