@@ -153,19 +153,18 @@ class ExitRolloutStatus(StatusRoot):
 # ---------------------------------------------------------------- KillSwitch
 
 
+_EXIT_STOPPING_SCOPES = [s.value for s in Scope if s.stops_exits]
+"""the scopes under which flatten cannot work (``contracts.control.Scope.stops_exits``: all)"""
+_FLATTEN_RULE = "!self.flatten || " + " && ".join(f"self.scope != '{scope}'" for scope in _EXIT_STOPPING_SCOPES)
+_FLATTEN_REFUSED = f"flatten closes positions through exits, which scope {' and '.join(_EXIT_STOPPING_SCOPES)} blocks"
+_FLATTEN_MESSAGE = f"{_FLATTEN_REFUSED}: use scope {' or '.join(s.value for s in Scope if not s.stops_exits)}"
+
+
 class KillSwitchSpec(CrdModel):
     """A person's (or the operator's) halt of a policy; the operator writes it to the ``control`` key."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!self.flatten || self.scope != 'all'",
-                    "flatten closes positions through exits, which scope all blocks: use scope entries or exits",
-                    field_path=".flatten",
-                )
-            ]
-        }
+        json_schema_extra={"x-kubernetes-validations": [cel(_FLATTEN_RULE, _FLATTEN_MESSAGE, field_path=".flatten")]}
     )
 
     policy_ref: PolicyRef = Field(description="the TradingPolicy this switch halts")
@@ -184,8 +183,8 @@ class KillSwitchSpec(CrdModel):
 
     @model_validator(mode="after")
     def _flatten_needs_exits(self) -> KillSwitchSpec:
-        if self.flatten and self.scope is Scope.ALL:
-            raise ValueError("flatten closes positions through exits, which scope all blocks")
+        if self.flatten and self.scope.stops_exits:
+            raise ValueError(_FLATTEN_REFUSED)
         return self
 
 

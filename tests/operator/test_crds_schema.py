@@ -21,9 +21,10 @@ import yaml
 from kubernetes.client.models import V1JSONSchemaProps, V1ValidationRule
 
 from harness.crd_defaults import apply_defaults, rule_failures, to_json_schema
+from quantum_trader.contracts.control import Scope
 from quantum_trader_operator.crdgen import render_crds
 from quantum_trader_operator.desired import desired_objects, validate_policy
-from quantum_trader_operator.models import RESOURCES
+from quantum_trader_operator.models import RESOURCES, ResourceError, kill_switch_spec
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -448,6 +449,19 @@ def test_bad_rollouts_and_switches_are_refused(case: str, document: dict[str, An
 )
 def test_good_rollouts_and_switches_are_admitted(document: dict[str, Any]) -> None:
     assert admission_errors(document["kind"], document) == []
+
+
+@pytest.mark.parametrize("scope", list(Scope), ids=[s.value for s in Scope])
+def test_flatten_is_refused_exactly_under_the_scopes_that_stop_exits(scope: Scope) -> None:
+    """The CRD's rule and the model's validator are the kill-switch model's ``Scope.stops_exits``, not a copy."""
+    document = switch(scope=scope.value, flatten=True)
+    refused_by_admission = bool(admission_errors("KillSwitch", document))
+    try:
+        kill_switch_spec(document)
+        refused_by_model = False
+    except ResourceError:
+        refused_by_model = True
+    assert refused_by_admission is refused_by_model is scope.stops_exits
 
 
 @pytest.mark.parametrize("kind", ["ExitRollout", "KillSwitch"])
