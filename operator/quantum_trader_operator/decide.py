@@ -354,6 +354,20 @@ def _react_to_drift(
         )
 
 
+def policy_of_child(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, policy) whose check a Deployment or Pod event asks for; None: the object is not one of a
+    policy's children. kopf filters the watch by labels already; this repeats it (and, for a Deployment, the
+    owner's kind), so a server that ignores label selectors cannot make someone else's object a policy's."""
+    labels = kv.labels(obj)
+    policy_name, namespace = labels.get(n.LABEL_POLICY), kv.namespace(obj)
+    if not policy_name or not namespace or labels.get(n.LABEL_MANAGED_BY) != n.MANAGED_BY:
+        return None
+    # Pods belong to ReplicaSets; a Deployment of ours is owned by its TradingPolicy.
+    if obj.get("kind") == "Deployment" and "TradingPolicy" not in kv.owner_kinds(obj):
+        return None
+    return namespace, str(policy_name)
+
+
 def seen_digest(
     pods: Sequence[Mapping[str, Any]], deployments: Sequence[Mapping[str, Any]], heartbeats: Sequence[HeartbeatRecord]
 ) -> str:

@@ -248,14 +248,10 @@ def delete_policy(body: kopf.Body, **_: Any) -> None:
 
 
 def _on_child_event(event: Mapping[str, Any]) -> None:
-    obj = event.get("object") or {}
-    labels = kv.labels(obj)
-    policy_name, namespace = labels.get(n.LABEL_POLICY), kv.namespace(obj)
-    # kopf filters by labels already; repeat it (and the owner kind) so a server ignoring selectors changes nothing.
-    if not policy_name or not namespace or labels.get(n.LABEL_MANAGED_BY) != n.MANAGED_BY:
+    found = decide.policy_of_child(event.get("object") or {})
+    if found is None:
         return
-    if obj.get("kind") == "Deployment" and "TradingPolicy" not in kv.owner_kinds(obj):
-        return
+    namespace, policy_name = found
     rt = runtime()
     rt.state(namespace, policy_name).check_requested = True
     _coalesced_check(rt, namespace, policy_name)

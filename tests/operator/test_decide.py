@@ -394,3 +394,21 @@ def test_an_exit_rollout_is_forced_to_shadow_by_a_kill_switch_of_scope_exits() -
     assert plan.rollout_hash is not None  # the hash still says what the rollout wants once released
     entries = decide_switches.exit_rollout(switch_observed(rollout, {**engaged, "scope": "entries"}))
     assert entries.status["effectiveMode"] == "LIVE" and entries.status["message"] == ""
+
+
+# ------------------------------------------------------------------ child events
+
+
+def test_a_child_event_names_the_policy_of_an_object_that_is_its_child_and_nothing_else() -> None:
+    policy = rendered()
+    (governor,) = [o for o in policy.desired if o["kind"] == "Deployment" and "governor" in o["metadata"]["name"]]
+    assert decide.policy_of_child(governor) == ("trading", policy.name)
+    pod = {"kind": "Pod", "metadata": {"namespace": "trading", "labels": governor["metadata"]["labels"]}}
+    assert decide.policy_of_child(pod) == ("trading", policy.name)  # a Pod's owner is a ReplicaSet
+    someone_elses = copy.deepcopy(governor)
+    someone_elses["metadata"]["ownerReferences"] = [{"kind": "Application", "name": "argo", "uid": "x"}]
+    assert decide.policy_of_child(someone_elses) is None
+    unmanaged = copy.deepcopy(governor)
+    del unmanaged["metadata"]["labels"][n.LABEL_MANAGED_BY]
+    assert decide.policy_of_child(unmanaged) is None
+    assert decide.policy_of_child({"kind": "Pod", "metadata": {"namespace": "trading"}}) is None
