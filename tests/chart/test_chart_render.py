@@ -277,6 +277,8 @@ def test_values_schema_refuses_mistakes(helm: Helm) -> None:
         {"operator": {"watchNamespace": ["a"]}},  # a typo
         {"operator": {"watchNamespaces": ["team-*"]}},  # RoleBindings need exact names
         {"managedRedis": {"storage": "lots"}},
+        {"managedRedis": {"image": "redis:7.4-alpine"}},  # a tag alone: the managed Redis runs by digest
+        {"managedRedis": {"image": "redis@sha256:" + "a" * 63}},
         {"admissionPolicy": {"validationActions": ["Block"]}},
         {"networkPolicy": {"exchange": {"cidrs": ["binance.com"]}}},
         {"operator": {"extraEnv": [{"name": "BINANCE_API_SECRET", "value": "s3cr3t"}]}},  # invariant 10
