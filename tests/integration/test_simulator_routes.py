@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+import requests
 from binance.client import Client
 from binance.exceptions import BinanceAPIException
 
@@ -243,6 +244,38 @@ def test_batch_orders_through_python_binance_answer_each_order_or_its_error(sim,
         ("b-2", "rejected", "/fapi/v1/batchOrders"),
         ("b-3", "accepted", "/fapi/v1/batchOrders"),
     ]
+
+
+def test_a_withheld_batch_answer_logs_its_fills_as_timeouts_as_a_single_order_does(sim):
+    """The order log says which fills went unanswered (fault "timeout"): the chaos test kills apply-layer
+    inside exactly that window, so a batch's must be marked as a single order's are."""
+    impatient = Client(API_KEY, API_SECRET, ping=False, requests_params={"timeout": 0.5})
+    for attribute, path in _URL_ATTRIBUTES.items():
+        setattr(impatient, attribute, sim.base_url + path)
+    sim.set_faults(timeoutRate=1.0, timeoutSeconds=3.0)
+    with pytest.raises(requests.exceptions.Timeout):
+        impatient.futures_place_batch_order(
+            batchOrders=[
+                {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": "w-1"},
+                {
+                    "symbol": "ETHUSDT",
+                    "side": "SELL",
+                    "type": "MARKET",
+                    "quantity": "0.1",
+                    "newClientOrderId": "w-2",
+                    "reduceOnly": "true",
+                },
+                {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.1", "newClientOrderId": "w-3"},
+            ]
+        )
+    sim.set_faults()
+    assert [(e["clientOrderId"], e["outcome"], e["fault"]) for e in sim.orders()] == [
+        ("w-1", "accepted", "timeout"),
+        ("w-2", "rejected", None),
+        ("w-3", "accepted", "timeout"),
+    ]
+    assert impatient.futures_get_order(symbol="ETHUSDT", origClientOrderId="w-3")["status"] == "FILLED"
+    impatient.close_connection()
 
 
 def test_a_batch_of_more_than_five_orders_is_refused_whole(sim, binance):
