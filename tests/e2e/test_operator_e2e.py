@@ -1,9 +1,10 @@
 """The operator's scenarios against a real cluster (conftest.py says what is needed and why pods need not run).
 
 One policy (examples/policy.yaml) in the module's namespace, watched by one ``qt operator --namespace``; the tests
-run in file order and build on it: children, drift undone (an image, fields of foreign field managers, a deleted
-child), kill switch, exit rollout, every printer column, specs the operator refuses. Then, each with a policy of
-its own: garbage collection, and an operator killed in the middle of a rollout whose successor finishes it.
+run in file order and build on it: children, the rollout's own condition, drift undone (an image, fields of
+foreign field managers, a deleted child), kill switch, exit rollout, every printer column, specs the operator
+refuses. Then, each with a policy of its own: garbage collection, and an operator killed in the middle of a rollout
+whose successor finishes it.
 """
 
 from __future__ import annotations
@@ -96,6 +97,22 @@ def test_children_have_the_policy_as_controller_owner(cluster: Cluster, policy: 
     assert get_json("configmap", n.config_map_name(NAME), "-n", cluster.namespace)["data"][n.CONFIG_KEY]
     assert get_json("statefulset", f"{NAME}-redis", "-n", cluster.namespace)["metadata"]["ownerReferences"]
     wait_for(lambda: cluster.status("TradingPolicy", NAME).get("health"), timeout=60, what="a health in status")
+
+
+def test_the_rollout_shows_its_own_condition_not_a_kill_switch(
+    cluster: Cluster, policy: dict, r_client: redis.Redis
+) -> None:
+    """The policy's pods never run here (the image is not pullable), so its first rollout stays in progress: the
+    rollout's halt is RolloutInProgress and never Halted / KillSwitchEngaged=True (reason AutomaticHalt), issue 12."""
+    keys = keys_for(cluster.namespace, NAME)
+    assert ROLLOUT_HALT in r_client.hgetall(keys.halts)
+    status = wait_for(
+        lambda: (s := cluster.status("TradingPolicy", NAME)).get("conditions") and s, timeout=60, what="conditions"
+    )
+    assert condition(status, "RolloutInProgress")["status"] == "True", status
+    assert condition(status, "RolloutInProgress")["reason"] == "RollingOut"
+    assert condition(status, "KillSwitchEngaged")["status"] == "False", condition(status, "KillSwitchEngaged")
+    assert status["health"] != "Halted", status
 
 
 def test_a_changed_image_is_reverted(cluster: Cluster, policy: dict, r_client: redis.Redis) -> None:
