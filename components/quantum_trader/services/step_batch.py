@@ -9,9 +9,8 @@ one that does not do what was expected stops the batch: the rest come back as no
 recomputed by their handler on what is really there.
 
 Each step is the bus's own stage step (``bus/stage.lua`` run as a function, with the keys and
-arguments :meth:`StepRunner.queue` gives it), so exactly-once, guards, outputs and acks are the
-bus's. What the batch adds: a running totals' ``count`` is moved once per batch instead of once per
-tallied write (``step_batch.lua`` says why that is the same to every reader).
+arguments :meth:`StepRunner.queue` gives it), so exactly-once, guards, tallies, outputs and acks are
+the bus's; the batch only adds the order and the stop.
 
 This belongs in the bus; it is here because bus/ had another owner when it was written.
 """
