@@ -25,6 +25,7 @@ from quantum_trader.contracts.envelope import InvalidMessage, dead_letter_record
 from quantum_trader.contracts.messages import (
     ALL_MESSAGES,
     ExitShadow,
+    FeatureVector,
     GovernorDecision,
     Message,
     PlanKind,
@@ -189,6 +190,46 @@ def test_every_number_of_every_message_is_finite_bounded_and_strict(model, path)
         with pytest.raises(InvalidMessage):
             decode({**fields, "data": text}, model)
 
+
+
+def _numeric_sequences() -> list[tuple[type[Message], str]]:
+    """Fields holding a sequence of numbers (``FeatureVector.values``): numeric_paths sees only scalars."""
+    found = []
+    for model in ALL_MESSAGES:
+        for name, info in model.model_fields.items():
+            args = typing.get_args(info.annotation)
+            if typing.get_origin(info.annotation) is tuple and args and _scalar_number(args[0]):
+                found.append((model, name))
+    return found
+
+
+def _scalar_number(annotation: object) -> bool:
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation in (int, float)
+
+
+NUMBER_SEQUENCES = _numeric_sequences()
+
+
+def test_the_number_sequences_are_found():
+    assert (FeatureVector, "values") in NUMBER_SEQUENCES
+
+
+@pytest.mark.parametrize(("model", "name"), NUMBER_SEQUENCES, ids=[f"{m.__name__}.{n}" for m, n in NUMBER_SEQUENCES])
+def test_every_number_in_a_sequence_is_finite_bounded_and_strict(model, name):
+    message = sample(model)
+    fields = encode(message, id="m")
+    for token in ("true", "false", "Infinity", "-Infinity", "NaN", "1e400", "1e300", '"1"', "null", "9" * 5000):
+        data = json.loads(fields["data"])
+        data[name] = ["\u0000", *data[name][1:]]
+        text = json.dumps(data).replace('"\\u0000"', token)
+        assert f"[{token}," in text
+        with pytest.raises(InvalidMessage):
+            decode({**fields, "data": text}, model)
+    for bad in (math.inf, -math.inf, math.nan, 1e300):
+        with pytest.raises(ValidationError):
+            model.model_validate({**message.model_dump(), name: (bad, *getattr(message, name)[1:])})
 
 def test_a_message_with_an_infinite_notional_cannot_even_be_made():
     """An ExecutionResult with ``inf`` used to serialize as a null notional; now it fails where it is made."""
