@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import click
 
 from quantum_trader.backtest.command import backtest
-from quantum_trader.contracts.messages import SYMBOL_PATTERN
+from quantum_trader.cli_types import INSTANCE, MONTH, POSITIVE_SECONDS, SYMBOL, HttpUrl, RedisUrl, Speed
 from quantum_trader.research.train_cli import train
 
 EXIT_USAGE = 2
@@ -83,93 +82,6 @@ class QtGroup(click.Group):
             click.echo("qt: aborted", err=True)
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
-
-
-class RedisUrl(click.ParamType):
-    name = "URL"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from urllib.parse import urlsplit
-
-        text = str(value)
-        try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError as error:
-            self.fail(f"{text!r} is not a Redis URL ({error})", param, ctx)
-        if parts.scheme == "unix" and parts.path:
-            return text
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            self.fail(f"{text!r} is not a Redis URL (redis://HOST:PORT/DB, rediss://... or unix://PATH)", param, ctx)
-        if port == 0:
-            self.fail(f"{text!r} has port 0", param, ctx)
-        return text
-
-
-class HttpUrl(click.ParamType):
-    name = "URL"
-
-    def __init__(self, allow_empty: bool = False) -> None:
-        self.allow_empty = allow_empty
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from urllib.parse import urlsplit
-
-        text = str(value)
-        if not text and self.allow_empty:
-            return text
-        try:
-            parts = urlsplit(text)
-            _ = parts.port
-        except ValueError as error:
-            self.fail(f"{text!r} is not an http(s) URL ({error})", param, ctx)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            self.fail(f"{text!r} is not an http(s) URL", param, ctx)
-        return text
-
-
-class Speed(click.ParamType):
-    """``max`` (as fast as the pipeline takes it) or a positive speed-up over real time."""
-
-    name = "N|max"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        import math
-
-        if isinstance(value, float):
-            return value
-        text = str(value).strip().lower()
-        if text == "max":
-            return 0.0  # the policy's marketData.speed 0: no pacing
-        try:
-            speed = float(text)
-        except ValueError:
-            self.fail(f"{value!r} is neither a number nor 'max'", param, ctx)
-        if not math.isfinite(speed) or speed <= 0:
-            self.fail(f"{value!r} must be a positive speed-up (or 'max')", param, ctx)
-        return speed
-
-
-class Pattern(click.ParamType):
-    def __init__(self, pattern: str | re.Pattern[str], name: str, example: str) -> None:
-        self.pattern = re.compile(pattern)
-        self.name = name
-        self.example = example
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value)
-        if not self.pattern.fullmatch(text):
-            self.fail(f"{text!r} is not {self.example}", param, ctx)
-        return text
-
-
-POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
-INSTANCE = Pattern(
-    r"[a-z0-9]([a-z0-9.\-]*[a-z0-9])?", "INSTANCE", "an instance id (lower-case letters, digits, '.', '-')"
-)
-SYMBOL = Pattern(SYMBOL_PATTERN, "SYMBOL", "a symbol (2-20 capital letters and digits, like BTCUSDT)")
-"""contracts' one symbol rule: a symbol the command takes is one every message accepts"""
-MONTH = Pattern(r"\d{4}-(0[1-9]|1[0-2])", "YYYY-MM", "a month as YYYY-MM")
 
 
 def _component_list() -> str:
@@ -406,7 +318,7 @@ def killswitch_status(redis_url: str | None, instance: str | None) -> None:
 @click.option("--config", help="QT_CONFIG")
 @click.option("--health-port", help="QT_HEALTH_PORT")
 @click.option("--metrics-port", help="QT_METRICS_PORT")
-@click.option("--exchange-url", help="QT_EXCHANGE_URL")
+@click.option("--exchange-url", type=HttpUrl(), help="QT_EXCHANGE_URL")
 def component(
     name: str,
     instance: str | None,
@@ -430,6 +342,8 @@ def component(
     early_stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: early_stop.set())
+    import redis
+
     from quantum_trader.runtime.logs import setup_logging
     from quantum_trader.runtime.settings import SettingsError, load_settings
 
@@ -449,6 +363,7 @@ def component(
 
         ctx = build_context(settings)
         service = factory(name)(ctx)
+        runner = ComponentRunner(ctx, service)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: ctx.stop.set())
         if early_stop.is_set():
@@ -457,7 +372,14 @@ def component(
         # one clear line, in the JSON log format, then a non-zero exit: never start half-configured
         click.echo(json.dumps({"level": "error", "component": name, "msg": f"bad setting: {error}"}))
         sys.exit(EXIT_USAGE)
-    sys.exit(ComponentRunner(ctx, service).run())
+    except redis.ConnectionError as error:
+        # Redis not there when the component starts (a wrong URL, or not up yet): one line, and the
+        # supervisor or the Deployment starts it again; a Redis lost later is the runner's to report
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = f"cannot reach Redis at {settings.redis_url}: {reason}"
+        click.echo(json.dumps({"level": "error", "component": name, "msg": message}))
+        sys.exit(EXIT_USAGE)
+    sys.exit(runner.run())
 
 
 # --- qt data --------------------------------------------------------------------------------------

@@ -79,15 +79,26 @@ def running_stack_file(state: Path, redis_url: str) -> None:
     (state / "run.json").write_text(json.dumps(info))
 
 
+KLINES = "{tmp}/klines"
+GOOD = f"{KLINES}/BTCUSDT-1h-2024-01.csv"
+EMPTY = f"{KLINES}/ETHUSDT-1h-2024-01.csv"
+NOT_KLINES = f"{KLINES}/LTCUSDT-1h-2024-01.csv"
+BINARY = f"{KLINES}/XRPUSDT-1h-2024-01.csv"
+DOWN = "redis://127.0.0.1:1/0"
+DOWNLOAD = ["data", "download", "BTCUSDT"]
+BACKTEST = ["backtest", "--report", "{tmp}/out", "--data"]
+TRAIN = ["train", "--out", "{tmp}/model", "--data"]
+
 # (command line, fragments the one error line must hold); {tmp} is the test's folder
 FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     # qt run
     ("run -f missing", ["run", "-f", "{tmp}/missing.yaml"], ("cannot read policy", "missing.yaml")),
     ("run -f directory", ["run", "-f", "{tmp}"], ("'-f' / '--file'", "is a directory")),
+    ("run -f with a bad file", ["run", "-f", "{tmp}/empty-replay.yaml"], ("marketData.files", "holds no bars")),
     ("run --redis-url word", ["run", "--redis-url", "notaurl"], ("'--redis-url'", "is not a Redis URL")),
     ("run --redis-url http", ["run", "--redis-url", "http://127.0.0.1:6379"], ("'--redis-url'", "not a Redis URL")),
     ("run --redis-url port", ["run", "--redis-url", "redis://127.0.0.1:99999/0"], ("'--redis-url'",)),
-    ("run --redis-url down", ["run", "--redis-url", "redis://127.0.0.1:1/0"], ("--redis-url", "cannot reach Redis")),
+    ("run --redis-url down", ["run", "--redis-url", DOWN], ("--redis-url", "cannot reach Redis")),
     ("run --redis", ["run", "--redis", "memcached"], ("'--redis'", "memcached")),
     ("run --duration -5", ["run", "--duration", "-5"], ("'--duration'", "x>0")),
     ("run --duration 0", ["run", "--duration", "0"], ("'--duration'", "x>0")),
@@ -98,19 +109,24 @@ FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("run --speed nan", ["run", "--speed", "nan"], ("'--speed'", "positive")),
     ("run --speed word", ["run", "--speed", "fast"], ("'--speed'", "neither a number nor 'max'")),
     ("run --data missing", ["run", "--data", "{tmp}/nothing-*.csv"], ("--data", "no kline file matches")),
-    ("run --data name", ["run", "--data", "{tmp}/klines/prices.csv"], ("--data", "prices.csv")),
-    ("run --data twice", ["run", "--data", "{tmp}/klines/BTCUSDT-1*.csv"], ("--data", "two files for BTCUSDT")),
-    ("run --data symbol", ["run", "--data", "{tmp}/klines/btc-1h-2024-01.csv"], ("--data",)),
-    ("run --data long symbol", ["run", "--data", "{tmp}/klines/ABCDEFGHIJKLMNOPQRSTUVWXYZ-1h-2024-01.csv"],
-     ("--data", "symbol must be 2-20")),
+    ("run --data name", ["run", "--data", f"{KLINES}/prices.csv"], ("--data", "prices.csv")),
+    ("run --data twice", ["run", "--data", f"{KLINES}/BTCUSDT-1*.csv"], ("--data", "two files for BTCUSDT")),
+    ("run --data symbol", ["run", "--data", f"{KLINES}/btc-1h-2024-01.csv"], ("--data",)),
+    (
+        "run --data long symbol",
+        ["run", "--data", f"{KLINES}/{'A' * 26}-1h-2024-01.csv"],
+        ("--data", "symbol must be 2-20"),
+    ),
+    ("run --data empty", ["run", "--data", EMPTY], ("--data", "holds no bars")),
+    ("run --data not klines", ["run", "--data", NOT_KLINES], ("--data", "LTCUSDT-1h-2024-01.csv:1", "12 comma")),
+    ("run --data binary", ["run", "--data", BINARY], ("--data", "not a text kline file")),
     ("run unknown flag", ["run", "--fast"], ("No such option", "--fast")),
     # qt status
     ("status no stack", ["status"], ("no running stack found",)),
     ("status --redis-url", ["status", "--redis-url", "localhost:6379"], ("'--redis-url'", "not a Redis URL")),
-    ("status --redis-url down", ["status", "--redis-url", "redis://127.0.0.1:1/0"], ("cannot reach Redis",)),
+    ("status --redis-url down", ["status", "--redis-url", DOWN], ("cannot reach Redis",)),
     ("status stack down", ["status"], ("cannot reach Redis",)),
-    ("status --instance", ["status", "--redis-url", "redis://127.0.0.1:1/0", "--instance", "Bad Name"],
-     ("'--instance'", "instance id")),
+    ("status --instance", ["status", "--redis-url", DOWN, "--instance", "Bad Name"], ("'--instance'", "instance id")),
     # qt killswitch
     ("killswitch engage --scope", ["killswitch", "engage", "--scope", "everything"], ("'--scope'", "everything")),
     ("killswitch engage --reason", ["killswitch", "engage", "--reason", " "], ("--reason", "must not be empty")),
@@ -119,38 +135,68 @@ FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("killswitch engage --instance", ["killswitch", "engage", "--instance", "A B"], ("'--instance'",)),
     ("killswitch release --redis-url", ["killswitch", "release", "--redis-url", "x"], ("'--redis-url'",)),
     ("killswitch release --instance", ["killswitch", "release", "--instance", "_"], ("'--instance'",)),
-    ("killswitch release down", ["killswitch", "release", "--redis-url", "redis://127.0.0.1:1/0"],
-     ("cannot reach Redis",)),
+    ("killswitch release down", ["killswitch", "release", "--redis-url", DOWN], ("cannot reach Redis",)),
     ("killswitch status --redis-url", ["killswitch", "status", "--redis-url", "x"], ("'--redis-url'",)),
     ("killswitch status --instance", ["killswitch", "status", "--instance", "-x"], ("'--instance'",)),
-    ("killswitch status down", ["killswitch", "status", "--redis-url", "redis://127.0.0.1:1/0"],
-     ("cannot reach Redis",)),
+    ("killswitch status down", ["killswitch", "status", "--redis-url", DOWN], ("cannot reach Redis",)),
     ("killswitch unknown", ["killswitch", "pause"], ("No such command", "pause")),
-    # qt component
+    # qt component (its settings' mistakes are one JSON log line: test_every_bad_component_setting_is_one_line)
     ("component unknown", ["component", "execution-result-reader"], ("'NAME'", "is not a component", "governor")),
     ("component missing", ["component"], ("Missing argument 'NAME'",)),
+    ("component --exchange-url", ["component", "apply-layer", "--exchange-url", "x"], ("'--exchange-url'", "http(s)")),
     # qt data
-    ("data sample --dir", ["data", "sample", "--dir", "{tmp}/klines/BTCUSDT-1h-2024-01.csv"], ("'--dir'", "is a file")),
-    ("data download symbol", ["data", "download", "btc-usdt", "--start", "2024-01", "--end", "2024-02"],
-     ("'SYMBOL'", "btc-usdt")),
-    ("data download --interval", ["data", "download", "BTCUSDT", "--interval", "7m", "--start", "2024-01",
-                                  "--end", "2024-02"], ("'--interval'", "7m")),
-    ("data download --start", ["data", "download", "BTCUSDT", "--start", "2024-13", "--end", "2024-02"],
-     ("'--start'", "YYYY-MM")),
-    ("data download --end", ["data", "download", "BTCUSDT", "--start", "2024-01", "--end", "24-02"],
-     ("'--end'", "YYYY-MM")),
-    ("data download order", ["data", "download", "BTCUSDT", "--start", "2024-05", "--end", "2024-02"],
-     ("--start 2024-05 is after --end 2024-02",)),
-    ("data download missing", ["data", "download", "BTCUSDT", "--end", "2024-02"], ("Missing option '--start'",)),
-    ("data download --base-url", ["data", "download", "BTCUSDT", "--start", "2024-01", "--end", "2024-02",
-                                  "--base-url", "ftp://archive"], ("'--base-url'", "http(s) URL")),
-    ("data download --dir", ["data", "download", "BTCUSDT", "--start", "2024-01", "--end", "2024-02", "--dir",
-                             "{tmp}/klines/BTCUSDT-1h-2024-01.csv"], ("'--dir'", "is a file")),
-    # qt operator, crds, wiring, version
+    ("data sample --dir", ["data", "sample", "--dir", GOOD], ("'--dir'", "is a file")),
+    ("data download symbol", ["data", "download", "btc-usdt", "--start", "2024-01"], ("'SYMBOL'", "btc-usdt")),
+    ("data download --interval", [*DOWNLOAD, "--interval", "7m", "--start", "2024-01"], ("'--interval'", "7m")),
+    ("data download --start", [*DOWNLOAD, "--start", "2024-13", "--end", "2024-02"], ("'--start'", "YYYY-MM")),
+    ("data download --end", [*DOWNLOAD, "--start", "2024-01", "--end", "24-02"], ("'--end'", "YYYY-MM")),
+    ("data download order", [*DOWNLOAD, "--start", "2024-05", "--end", "2024-02"], ("2024-05 is after --end 2024-02",)),
+    ("data download missing", [*DOWNLOAD, "--end", "2024-02"], ("Missing option '--start'",)),
+    (
+        "data download --base-url",
+        [*DOWNLOAD, "--start", "2024-01", "--end", "2024-02", "--base-url", "ftp://a"],
+        ("'--base-url'", "http(s) URL"),
+    ),
+    (
+        "data download --dir",
+        [*DOWNLOAD, "--start", "2024-01", "--end", "2024-02", "--dir", GOOD],
+        ("'--dir'", "a file"),
+    ),
+    # qt backtest
+    ("backtest --data missing", [*BACKTEST, "{tmp}/nothing.csv"], ("no kline file matches",)),
+    ("backtest --data empty", [*BACKTEST, EMPTY], ("nothing to replay",)),
+    ("backtest --data not klines", [*BACKTEST, NOT_KLINES], ("LTCUSDT-1h-2024-01.csv:1", "12 comma-separated")),
+    ("backtest no --data", ["backtest", "--report", "{tmp}/out"], ("Missing option '--data'",)),
+    ("backtest no --report", ["backtest", "--data", GOOD], ("Missing option '--report'",)),
+    ("backtest --report", ["backtest", "--data", GOOD, "--report", GOOD], ("'--report'", "is a file")),
+    ("backtest -f missing", [*BACKTEST, GOOD, "-f", "{tmp}/missing.yaml"], ("cannot read policy",)),
+    ("backtest --max-bars", [*BACKTEST, GOOD, "--max-bars", "-1"], ("'--max-bars'", "x>=0")),
+    ("backtest --skip-bars", [*BACKTEST, GOOD, "--skip-bars", "-3"], ("'--skip-bars'", "x>=0")),
+    ("backtest --redis-url", [*BACKTEST, GOOD, "--redis-url", "notaurl"], ("'--redis-url'", "is not a Redis URL")),
+    ("backtest --redis-url down", [*BACKTEST, GOOD, "--redis-url", DOWN], ("--redis-url", "cannot reach Redis")),
+    ("backtest --redis", [*BACKTEST, GOOD, "--redis", "memcached"], ("'--redis'", "memcached")),
+    # qt train
+    ("train --data missing", [*TRAIN, "{tmp}/nothing.csv"], ("no kline file matches",)),
+    ("train --data not klines", [*TRAIN, NOT_KLINES], ("LTCUSDT-1h-2024-01.csv:1",)),
+    ("train no --data", ["train", "--out", "{tmp}/model"], ("Missing option '--data'",)),
+    ("train no --out", ["train", "--data", GOOD], ("Missing option '--out'",)),
+    ("train --out", ["train", "--data", GOOD, "--out", GOOD], ("'--out'", "is a file")),
+    ("train --seed", [*TRAIN, GOOD, "--seed", "seven"], ("'--seed'", "seven")),
+    ("train --horizon", [*TRAIN, GOOD, "--horizon", "0"], ("'--horizon'", "1<=x<=500")),
+    ("train --band-atr", [*TRAIN, GOOD, "--band-atr", "-1"], ("'--band-atr'",)),
+    ("train --band-atr nan", [*TRAIN, GOOD, "--band-atr", "nan"], ("band", "nan")),
+    ("train --folds", [*TRAIN, GOOD, "--folds", "0"], ("'--folds'",)),
+    ("train --embargo", [*TRAIN, GOOD, "--embargo", "-1"], ("'--embargo'",)),
+    ("train --max-bars", [*TRAIN, GOOD, "--max-bars", "-1"], ("'--max-bars'",)),
+    ("train --xgb-rounds", [*TRAIN, GOOD, "--xgb-rounds", "0"], ("'--xgb-rounds'",)),
+    ("train --epochs", [*TRAIN, GOOD, "--epochs", "0"], ("'--epochs'",)),
+    ("train --threads", [*TRAIN, GOOD, "--threads", "0"], ("'--threads'",)),
+    ("train --threshold", [*TRAIN, GOOD, "--threshold", "inf"], ("'--threshold'",)),
+    # qt operator, crds, wiring, version, digest
     ("operator -n -A", ["operator", "-n", "trading", "-A"], ("--namespace and --all-namespaces",)),
     ("operator --liveness", ["operator", "--liveness", "healthz"], ("'--liveness'", "http(s) URL")),
     ("operator no cluster", ["operator", "-A"], ("no cluster to run against",)),
-    ("crds --out", ["crds", "--out", "{tmp}/klines/BTCUSDT-1h-2024-01.csv"], ("'--out'", "is a file")),
+    ("crds --out", ["crds", "--out", GOOD], ("'--out'", "is a file")),
     ("wiring -f missing", ["wiring", "-f", "{tmp}/missing.yaml"], ("cannot read policy",)),
     ("version extra", ["version", "--digest"], ("No such option", "--digest")),
     ("digest image", ["digest", "quantum-trader:no-such-tag"], ("image",)),
@@ -165,12 +211,51 @@ def test_every_bad_flag_is_one_line_naming_it(tmp_path, args, fragments):
     kline_file(klines, "BTCUSDT-1m-2024-01.csv")
     kline_file(klines, "prices.csv")
     kline_file(klines, "btc-1h-2024-01.csv")
-    kline_file(klines, "ABCDEFGHIJKLMNOPQRSTUVWXYZ-1h-2024-01.csv")
+    kline_file(klines, f"{'A' * 26}-1h-2024-01.csv")
+    (klines / "ETHUSDT-1h-2024-01.csv").write_bytes(b"")
+    (klines / "LTCUSDT-1h-2024-01.csv").write_text("open,close\n")
+    (klines / "XRPUSDT-1h-2024-01.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    (tmp_path / "empty-replay.yaml").write_text(
+        f"symbols: [ETHUSDT]\nmarketData: {{source: replay, files: ['{klines / 'ETHUSDT-1h-2024-01.csv'}']}}\n"
+    )
     state = tmp_path / "state"
     if args[0] in ("status", "killswitch") and "--redis-url" not in args and "no running stack found" not in fragments:
         running_stack_file(state, "redis://127.0.0.1:1/0")
     result = qt(*(a.replace("{tmp}", str(tmp_path)) for a in args), state_dir=state)
     assert_one_line_error(result, *fragments)
+
+
+# `qt component` is what a pod runs: a bad setting, as a flag or its QT_* variable, is one JSON log line
+COMPONENT_CASES: list[tuple[str, list[str], str]] = [
+    ("--redis-url", ["--redis-url", "notaurl"], "QT_REDIS_URL must be a redis:// URL"),
+    ("--instance", ["--instance", "Bad Name"], "QT_INSTANCE: instance 'Bad Name'"),
+    ("--config missing", ["--config", "{tmp}/missing.yaml"], "QT_CONFIG={tmp}/missing.yaml does not exist"),
+    ("--config not a policy", ["--config", "{tmp}/klines/LTCUSDT-1h-2024-01.csv"], "QT_CONFIG:"),
+    ("--health-port", ["--health-port", "-1"], "QT_HEALTH_PORT=-1 is outside 0..65535"),
+    ("--metrics-port", ["--metrics-port", "abc"], "QT_METRICS_PORT='abc' is not a port number"),
+    ("Redis down", [], "cannot reach Redis at redis://127.0.0.1:1/0"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), [c[1:] for c in COMPONENT_CASES], ids=[c[0] for c in COMPONENT_CASES])
+def test_every_bad_component_setting_is_one_line(tmp_path, args, message):
+    klines = tmp_path / "klines"
+    klines.mkdir()
+    (klines / "LTCUSDT-1h-2024-01.csv").write_text("open,close\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("symbols: [BTCUSDT]\n")
+    defaults = {"--instance": "local", "--redis-url": "redis://127.0.0.1:1/0", "--config": str(policy)}
+    given = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    for flag, value in defaults.items():
+        if flag not in given:
+            given += [flag, value]
+    result = qt("component", "features", *given)
+    assert result.returncode == 2, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    record = json.loads(line)
+    assert record["level"] == "error" and record["component"] == "features", record
+    assert message.replace("{tmp}", str(tmp_path)) in record["msg"], record
 
 
 def command_paths() -> list[tuple[str, ...]]:

@@ -17,7 +17,13 @@ from quantum_trader.local.app import apply_run_options, replay_without_allowed_s
 from quantum_trader.local.digest import DigestError, pick_repo_digest, tree_digest
 from quantum_trader.local.ledger import Crash, RunLedger, ledger_figure, reached_exchange, render_summary, summarize
 from quantum_trader.local.status import Observed, build_status, idle_reason
-from quantum_trader.local.supervisor import describe_exit, inherited_environment
+from quantum_trader.local.supervisor import (
+    ORDER_LOG_FILE,
+    Supervisor,
+    describe_exit,
+    describe_stop,
+    inherited_environment,
+)
 
 
 def result(plan: str, status: str, reason: str = "", code: int | None = None) -> dict:
@@ -111,6 +117,29 @@ def test_how_a_process_ended(code, text):
     assert describe_exit(code) == text
 
 
+@pytest.mark.parametrize(
+    ("code", "forced", "timed_out_after", "text"),
+    [
+        (0, False, None, "stopped"),
+        (-15, False, None, "stopped (while starting)"),
+        (-9, True, None, "killed (forced stop)"),
+        (-9, False, 15.0, "killed (not stopped within 15s)"),
+        (-9, False, None, "crashed (SIGKILL)"),  # a SIGKILL the stop did not send
+        (1, True, None, "exited (1)"),
+    ],
+)
+def test_how_a_process_ended_on_a_stop(code, forced, timed_out_after, text):
+    assert describe_stop(code, forced=forced, timed_out_after=timed_out_after) == text
+
+
+def test_each_run_starts_a_fresh_exchange_order_log(tmp_path):
+    """The simulator appends to its order log; a run's log must not hold the orders of the runs before it."""
+    supervisor = Supervisor(PolicySpec(), "redis://127.0.0.1:1/0", workdir=tmp_path)
+    (tmp_path / ORDER_LOG_FILE).write_text('{"seq": 1, "outcome": "accepted"}\n')
+    assert supervisor.fresh_order_log() == tmp_path / ORDER_LOG_FILE
+    assert (tmp_path / ORDER_LOG_FILE).read_bytes() == b""
+
+
 def beat(component: str, processed: int = 0, **counters) -> HeartbeatRecord:
     return HeartbeatRecord(
         component=component,
@@ -160,6 +189,9 @@ def test_a_crashed_process_is_never_shown_running():
         ("market-data", 500, 0, {"finished": 1, "published": 500}, "finished: 500 ticks published"),
         ("market-data", 500, 0, {}, ""),
         ("reconciler", 0, 0, {}, ""),
+        # the simulator reads ticks but counts orders: before the first order it waits for one, not for ticks
+        ("exchange-sim", 0, 0, {}, "idle: no orders yet"),
+        ("exchange-sim", 4, 1, {}, ""),
     ],
 )
 def test_an_idle_component_says_why(component, processed, positions, counters, reason):
@@ -356,6 +388,5 @@ def test_the_stop_order_of_a_partial_stack_keeps_its_relative_order():
 )
 def test_how_a_stop_went(codes, outcome):
     from quantum_trader.local.app import stop_outcome
-    from quantum_trader.local.supervisor import describe_stop
 
     assert stop_outcome(codes, {pod: describe_stop(code) for pod, code in codes.items()}) == outcome

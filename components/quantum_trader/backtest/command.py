@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from quantum_trader.cli_types import RedisUrl
+
 
 @click.command()
 @click.option(
@@ -24,7 +26,7 @@ import click
 @click.option(
     "--skip-bars", type=click.IntRange(min=0), default=0, help="skip this many bars at the start of each file"
 )
-@click.option("--redis-url", help="use this Redis instead of starting an embedded one")
+@click.option("--redis-url", type=RedisUrl(), help="use this Redis instead of starting an embedded one")
 @click.option(
     "--redis",
     "redis_kind",
@@ -73,10 +75,13 @@ def _run(
 
     from quantum_trader.backtest.run import Backtest, BacktestFailed, backtest_policy
     from quantum_trader.contracts.policy import PolicySpec, load_policy
+    from quantum_trader.local.app import check_reachable
 
     policy = backtest_policy(
         load_policy(policy_file) if policy_file else PolicySpec(), data, skip_bars=skip_bars, max_bars=max_bars
     )
+    if redis_url is not None:
+        check_reachable(redis_url)  # before the banner and the progress bar: a Redis that is not there is one line
     console = Console(stderr=True)
     job = Backtest(policy, out, redis_url=redis_url, redis_kind=redis_kind)
     console.print(f"qt: backtest of {job.total:,} bars ({', '.join(policy.symbols)}), model {policy.model.name}")

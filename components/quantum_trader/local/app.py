@@ -152,6 +152,40 @@ def replay_without_allowed_symbols(policy: PolicySpec) -> str | None:
     )
 
 
+def unreadable_replay_file(policy: PolicySpec) -> str | None:
+    """Why a replayed file cannot be replayed: it is empty, not text, or its first bar does not parse. Only
+    the first bar is read (the files may be long); None when each file starts with a bar. Without this,
+    market-data would exit on the file and be restarted for as long as the run lasts."""
+    import contextlib
+
+    from quantum_trader.data.klines import parse_kline_filename, read_klines
+    from quantum_trader.data.replay import expand_files
+
+    market = policy.market_data
+    if market.source is not MarketDataSource.REPLAY or not market.files:
+        return None
+    try:
+        paths = expand_files(market.files)
+    except DataError as error:
+        return str(error)
+    for path in paths:
+        try:
+            parse_kline_filename(path.name)
+        except (DataError, ValueError):
+            continue  # a name that does not say its symbol: market-data reads it with the policy's, and reports
+        try:
+            with contextlib.closing(read_klines(path)) as bars:
+                if next(bars, None) is None:
+                    return f"{path} holds no bars"
+        except UnicodeDecodeError:
+            return f"{path} is not a text kline file"
+        except OSError as error:
+            return f"cannot read {path}: {error.strerror or error}"
+        except (DataError, ValueError) as error:
+            return str(error).splitlines()[0]
+    return None
+
+
 def check_reachable(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=3)
     try:
@@ -191,6 +225,9 @@ def run_local(options: RunOptions) -> int:
     if options.redis_url is not None:
         check_reachable(options.redis_url)
     policy = resolve_market_data(policy, trade_sample_symbols=not options.policy_file and not options.data)
+    unreadable = unreadable_replay_file(policy)
+    if unreadable:
+        raise DataError(f"{'--data' if options.data else 'marketData.files'}: {unreadable}")
     problem = replay_without_allowed_symbols(policy)
     if problem:
         raise PolicyError(problem)
@@ -227,7 +264,7 @@ def run_local(options: RunOptions) -> int:
         codes = supervisor.stop(force=signals.force)
         _report_stopped(codes, supervisor)
         if final is not None:
-            final = with_process_states(final, supervisor.process_states())
+            final = _final_table(final, supervisor, client, keys, policy)
         try:
             ledger = read_ledger(
                 client,
@@ -260,6 +297,18 @@ def with_process_states(status: StackStatus, processes: dict[str, tuple[str, int
         for row in status.rows
     ]
     return dataclasses.replace(status, rows=rows)
+
+
+def _final_table(
+    last: StackStatus, supervisor: Supervisor, client: redis.Redis, keys: Keys, policy: PolicySpec
+) -> StackStatus:
+    """The table once every component stopped: each wrote a last heartbeat with its final counts as it
+    stopped, so the counts agree with the closing summary (the last live table is seconds older and misses
+    what the stop drained). A Redis that no longer answers leaves the last live table, with the end states."""
+    try:
+        return _snapshot(supervisor, client, keys, policy)
+    except redis.RedisError:
+        return with_process_states(last, supervisor.process_states())
 
 
 def _snapshot(supervisor: Supervisor, client: redis.Redis, keys: Keys, policy: PolicySpec):

@@ -79,6 +79,9 @@ def idle_reason(component: str, processed: int, lag: int, open_positions: int, c
         return f"finished: {int(counters.get('published', processed)):,} ticks published"
     if component in POSITION_DRIVEN and open_positions == 0:
         return "idle: no open positions"
+    if component == "exchange-sim" and processed == 0:
+        # its count is orders handled; the ticks it reads only move its prices
+        return "idle: no orders yet"
     spec = COMPONENTS.get(component)
     if processed == 0 and lag == 0 and spec is not None and spec.inputs:
         return f"idle: nothing on {', '.join(spec.inputs)} yet"

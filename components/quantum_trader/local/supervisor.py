@@ -49,6 +49,10 @@ START_ORDER = (
 )
 
 
+ORDER_LOG_FILE = "exchange-orders.jsonl"
+"""every order request the simulator answered in this run, one JSON line each"""
+
+
 class WiringError(ValueError):
     pass
 
@@ -66,13 +70,19 @@ def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.startswith("QT_") or k.startswith(PASSED_THROUGH)}
 
 
-def describe_stop(code: int) -> str:
-    """How a process ended on an orderly stop. Dying of the SIGTERM itself means it was still importing
-    (a component handles SIGTERM from before it reads anything): it held nothing, so that stop is clean."""
+def describe_stop(code: int, *, forced: bool = False, timed_out_after: float | None = None) -> str:
+    """How a process ended on a stop. Dying of the SIGTERM itself means it was still importing (a
+    component handles SIGTERM from before it reads anything): it held nothing, so that stop is clean.
+    A SIGKILL the stop itself sent is named as such (a second Ctrl-C, or no exit within the timeout),
+    not as a crash."""
     if code == 0:
         return "stopped"
     if code == -signal.SIGTERM:
         return "stopped (while starting)"
+    if code == -signal.SIGKILL and forced:
+        return "killed (forced stop)"
+    if code == -signal.SIGKILL and timed_out_after is not None:
+        return f"killed (not stopped within {timed_out_after:.0f}s)"
     return describe_exit(code)
 
 
@@ -217,9 +227,7 @@ class Supervisor:
         )
         if self.exchange_url:
             base_env["QT_EXCHANGE_URL"] = self.exchange_url
-            base_env["QT_SIM_ORDER_LOG"] = os.environ.get("QT_SIM_ORDER_LOG") or str(
-                self.workdir / "exchange-orders.jsonl"
-            )
+            base_env["QT_SIM_ORDER_LOG"] = os.environ.get("QT_SIM_ORDER_LOG") or str(self.fresh_order_log())
         self._ports: set[int] = {sim_port}
         for component in self.components:
             settings = self.policy.components.get(component)
@@ -246,6 +254,14 @@ class Supervisor:
             "workdir": str(self.workdir),
         }
         self._write_run_file()
+
+    def fresh_order_log(self) -> Path:
+        """The simulator's order log in the work directory, emptied: it holds this run's orders only, as
+        the component logs hold this run's lines (the simulator appends, so a restart within the run keeps
+        what came before it)."""
+        path = self.workdir / ORDER_LOG_FILE
+        path.write_bytes(b"")
+        return path
 
     def _write_run_file(self) -> None:
         """run.json: how ``qt status`` and ``qt killswitch`` find this stack, and each process's state."""
@@ -345,14 +361,18 @@ class Supervisor:
                 popen = process.popen
                 if popen is None:
                     continue
+                timed_out = False
                 while popen.poll() is None:
                     if time.monotonic() >= deadline or forced.is_set():
+                        timed_out = not forced.is_set()
                         popen.kill()
                         popen.wait()
                         break
                     time.sleep(0.02)
                 codes[pod] = popen.returncode
-                process.state = describe_stop(popen.returncode)
+                process.state = describe_stop(
+                    popen.returncode, forced=forced.is_set(), timed_out_after=timeout if timed_out else None
+                )
         try:
             current = json.loads(run_file().read_text())
             if current.get("pid") == os.getpid():
