@@ -182,6 +182,8 @@ FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("train no --out", ["train", "--data", GOOD], ("Missing option '--out'",)),
     ("train --out", ["train", "--data", GOOD, "--out", GOOD], ("'--out'", "is a file")),
     ("train --seed", [*TRAIN, GOOD, "--seed", "seven"], ("'--seed'", "seven")),
+    ("train --seed -1", [*TRAIN, GOOD, "--seed", "-1"], ("'--seed'", "0<=x<=4294967295")),
+    ("train --seed huge", [*TRAIN, GOOD, "--seed", str(2**70)], ("'--seed'",)),
     ("train --horizon", [*TRAIN, GOOD, "--horizon", "0"], ("'--horizon'", "1<=x<=500")),
     ("train --band-atr", [*TRAIN, GOOD, "--band-atr", "-1"], ("'--band-atr'",)),
     ("train --band-atr nan", [*TRAIN, GOOD, "--band-atr", "nan"], ("band", "nan")),
@@ -259,7 +261,7 @@ def test_every_bad_component_setting_is_one_line(tmp_path, args, message):
 
 
 def command_paths() -> list[tuple[str, ...]]:
-    """Every command and subcommand cli.py defines (other modules' commands document themselves)."""
+    """Every command and subcommand of `qt`, wherever it is defined (`qt backtest` and `qt train` too)."""
     import click
 
     from quantum_trader.cli import main
@@ -268,8 +270,6 @@ def command_paths() -> list[tuple[str, ...]]:
 
     def walk(group: click.Group, path: tuple[str, ...]) -> None:
         for name, command in group.commands.items():
-            if command.callback is not None and command.callback.__module__ != "quantum_trader.cli":
-                continue
             found.append((*path, name))
             if isinstance(command, click.Group):
                 walk(command, (*path, name))

@@ -48,6 +48,10 @@ def backtest(
 
     The same component processes as `qt run`, the exchange simulator with the policy's fees and
     slippage, in lockstep: the ledger is the same on every run. The files' symbols are the allowlist.
+
+    \b
+    Example:
+      qt backtest --data ../shared/data/klines/ETHUSDT-1h-2023-01-01_2024-05-13.csv --report out/
     """
     from quantum_trader.cli import user_errors
 

@@ -11,7 +11,7 @@ import click
 @click.command("train")
 @click.option("--data", "patterns", multiple=True, required=True, help="kline CSV files (paths or globs; repeatable)")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="artifact folder, models/<name>")
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=7, show_default=True, help="every random choice")
 @click.option("--horizon", type=click.IntRange(1, 500), default=6, show_default=True, help="label horizon in bars")
 @click.option("--band-atr", type=click.FloatRange(0, 20), default=0.5, show_default=True, help="no-trade band in ATRs")
 @click.option("--folds", type=click.IntRange(1, 20), default=4, show_default=True, help="walk-forward test windows")
@@ -37,7 +37,12 @@ def train(
     threshold: float,
     quiet: bool,
 ) -> None:
-    """Train the xgboost + torch ensemble on kline files; print the artifact's digest."""
+    """Train the xgboost + torch ensemble on kline files; print the artifact's digest.
+
+    \b
+    Example:
+      qt train --data '../shared/data/klines/LTCUSDT-1h-*.csv' --out models/my-model
+    """
     from quantum_trader.cli import UserError
     from quantum_trader.data.errors import DataError
     from quantum_trader.data.replay import expand_files
