@@ -139,6 +139,9 @@ def assert_summary_equals_ledger(run: Run) -> dict:
     assert (sent, filled) == (ledger["summary"]["orders"], ledger["summary"]["fills"])
     assert filled == len(fills) > 0
     assert sent == len(orders)
+    # the closing table is read after the stop, from each component's last heartbeat: its counts are final too
+    simulator = re.search(r"^exchange-sim\s+stopped\s+([\d,]+)\s", run.stdout, re.MULTILINE)
+    assert simulator and int(simulator.group(1).replace(",", "")) == len(orders), run.stdout
     realized = float(ledger["ledger"]["realized_pnl"])
     fees = float(ledger["ledger"]["fees"])
     assert fees == pytest.approx(sum(float(o["executedQty"]) * float(o["avgPrice"]) for o in fills) * TAKER_FEE)
