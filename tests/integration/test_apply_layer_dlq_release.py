@@ -1,5 +1,6 @@
 """apply-layer releases what the governor holds for an approval that went to the DLQ, when it can tell
-the plan and that no order can exist for it (services/apply_layer.py, "An approval that goes to the DLQ").
+the plan and that no order can exist for it (the rule: execution/dead_letters.py; the I/O:
+services/apply_layer/dlq_release.py).
 
 Real apply-layer and simulator processes on the test Redis. The governor's state is written as the
 governor leaves it after approving (a tallied reservation and the symbol's entry lock); the approvals

@@ -208,8 +208,8 @@ def test_a_batch_without_an_answer_is_looked_up_order_by_order_and_sent_once(
 def test_each_order_is_one_request_and_its_fee_is_the_exchanges(desk: Desk) -> None:
     d = desk
     d.service.start()
-    assert d.service.leverage == {"BTCUSDT": 20, "ETHUSDT": 20, "LATEUSDT": 20}  # read once, at start
-    assert set(d.service.rates) == {"BTCUSDT", "ETHUSDT"}  # the tradable ones, before any order
+    assert d.service.link.leverage == {"BTCUSDT": 20, "ETHUSDT": 20, "LATEUSDT": 20}  # read once, at start
+    assert set(d.service.fees.rates) == {"BTCUSDT", "ETHUSDT"}  # the tradable ones, before any order
     sent = d.service.exchange.requests_sent
     for i in range(3):
         d.approve(
@@ -236,11 +236,11 @@ def test_a_symbol_priced_after_start_becomes_tradable(desk: Desk) -> None:
     d.sim.set_price("LATEUSDT", 12.5)
     d.service.idle()  # not due yet
     assert "LATEUSDT" not in d.r.hgetall(d.keys.exchange_filters)
-    d.service._next_filters = 0.0  # the periodic look, due
+    d.service.link.next_filters = 0.0  # the periodic look, due
     d.service.idle()
     late = json.loads(d.r.hget(d.keys.exchange_filters, "LATEUSDT"))
     assert late["symbol"] == "LATEUSDT" and late["filters"]
-    assert "LATEUSDT" in d.service.rates  # and its commission rate read behind it
+    assert "LATEUSDT" in d.service.fees.rates  # and its commission rate read behind it
     d.approve(entry("LATEUSDT", "late-1", price=12.5, notional=100.0, side=Side.BUY))
     drain(d.consumer)
     assert [x.status.value for x in d.results()] == ["FILLED"]

@@ -11,10 +11,10 @@ import pytest
 
 from quantum_trader.contracts.messages import OrderType, PositionSide
 from quantum_trader.contracts.policy import SimulatorSpec
-from quantum_trader.exchange.client import _URL_ATTRIBUTES, ExchangeClient, MarketOrder
+from quantum_trader.exchange.client import _URL_ATTRIBUTES, ExchangeClient
 from quantum_trader.exchange.errors import ConditionalOrderRefused, ExchangeError
 from quantum_trader.exchange.filters import qty_for_notional
-from quantum_trader.exchange.models import OrderResult
+from quantum_trader.exchange.models import MarketOrder, OrderResult
 from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.exchange.simulator.order_log import read_order_log
 from quantum_trader.exchange.simulator.server import RunningSimulator, run_simulator_in_thread
@@ -129,14 +129,16 @@ def test_conditional_types_are_refused_before_any_request(
     sim: RunningSimulator, client: ExchangeClient, order_type: OrderType | str
 ) -> None:
     with pytest.raises(ConditionalOrderRefused):
-        client.send_order(order_type, "BTCUSDT", "SELL", "0.01", client_order_id("stop-plan"), reduce_only=True)
+        client.send_order(
+            order_type, MarketOrder("BTCUSDT", "SELL", "0.01", client_order_id("stop-plan"), reduce_only=True)
+        )
     assert client.refused_orders == 1
     assert client.requests_sent == 0
     assert sim.orders() == [], "the exchange never saw the refused order"
 
 
 def test_send_order_market_goes_out(sim: RunningSimulator, client: ExchangeClient) -> None:
-    result = client.send_order(OrderType.MARKET, "BTCUSDT", "BUY", "0.01", client_order_id("m"))
+    result = client.send_order(OrderType.MARKET, MarketOrder("BTCUSDT", "BUY", "0.01", client_order_id("m")))
     assert result.filled
     assert client.refused_orders == 0
     assert len(sim.orders()) == 1

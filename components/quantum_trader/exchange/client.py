@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 import requests
 from binance.client import Client
@@ -45,7 +45,7 @@ from quantum_trader.exchange.errors import (
     unreadable_error,
 )
 from quantum_trader.exchange.filters import SymbolFilters, plain, to_decimal
-from quantum_trader.exchange.models import AccountInfo, ExchangePosition, OrderResult
+from quantum_trader.exchange.models import AccountInfo, ExchangePosition, MarketOrder, OrderResult
 from quantum_trader.exchange.order_ids import is_valid_client_order_id
 from quantum_trader.exchange.transport import SignedTransport
 
@@ -80,16 +80,6 @@ _URL_ATTRIBUTES = {
 
 MAX_BATCH_ORDERS = 5
 """Binance's limit of orders per POST /fapi/v1/batchOrders"""
-
-
-class MarketOrder(NamedTuple):
-    """One order of a batch: what :meth:`ExchangeClient.market_order` takes."""
-
-    symbol: str
-    side: Side | str
-    qty: Decimal | float | str
-    client_order_id: str
-    reduce_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,15 +169,7 @@ class ExchangeClient:
 
     # ---- orders ------------------------------------------------------------------------------
 
-    def send_order(
-        self,
-        order_type: OrderType | str,
-        symbol: str,
-        side: Side | str,
-        qty: Decimal | float | str,
-        client_order_id: str,
-        reduce_only: bool = False,
-    ) -> OrderResult:
+    def send_order(self, order_type: OrderType | str, order: MarketOrder) -> OrderResult:
         """Send an order of ``order_type``: MARKET goes out, every other type is refused and counted."""
         kind = str(order_type.value if isinstance(order_type, OrderType) else order_type).upper()
         if kind != OrderType.MARKET.value:
@@ -196,32 +178,30 @@ class ExchangeClient:
             log.warning(
                 "refused %s order for %s (client order id %s): only MARKET orders are sent",
                 kind,
-                symbol,
-                client_order_id,
+                order.symbol,
+                order.client_order_id,
             )
             raise ConditionalOrderRefused(kind)
-        return self.market_order(symbol, side, qty, client_order_id, reduce_only)
+        return self.market_order(*order)
 
     @staticmethod
-    def _market_params(
-        symbol: str, side: Side | str, qty: Decimal | float | str, client_order_id: str, reduce_only: bool = False
-    ) -> dict[str, str]:
+    def _market_params(order: MarketOrder) -> dict[str, str]:
         """A MARKET order's parameters, checked before any request."""
-        order_side = Side(side)
-        if not is_valid_client_order_id(client_order_id):
-            raise ValueError(f"client order id {client_order_id!r} is not 1-36 of [.A-Za-z0-9:/_-]")
-        amount = to_decimal(qty)
+        order_side = Side(order.side)
+        if not is_valid_client_order_id(order.client_order_id):
+            raise ValueError(f"client order id {order.client_order_id!r} is not 1-36 of [.A-Za-z0-9:/_-]")
+        amount = to_decimal(order.qty)
         if amount <= 0:
-            raise ValueError(f"order quantity must be positive, got {qty!r}")
+            raise ValueError(f"order quantity must be positive, got {order.qty!r}")
         params = {
-            "symbol": symbol,
+            "symbol": order.symbol,
             "side": order_side.value,
             "type": OrderType.MARKET.value,
             "quantity": plain(amount),
-            "newClientOrderId": client_order_id,
+            "newClientOrderId": order.client_order_id,
             "newOrderRespType": "RESULT",
         }
-        if reduce_only:
+        if order.reduce_only:
             params["reduceOnly"] = "true"
         return params
 
@@ -237,7 +217,7 @@ class ExchangeClient:
 
         ``qty`` must already be on the symbol's step (see :func:`filters.round_qty_down`).
         """
-        params = self._market_params(symbol, side, qty, client_order_id, reduce_only)
+        params = self._market_params(MarketOrder(symbol, side, qty, client_order_id, reduce_only))
         if self._orders is not None:
             return OrderResult.from_binance(self._orders.call("POST", "/v1/order", params))
         return OrderResult.from_binance(self._call(self._client.futures_create_order, **params))
@@ -252,7 +232,7 @@ class ExchangeClient:
         """
         if not 1 <= len(orders) <= MAX_BATCH_ORDERS:
             raise ValueError(f"a batch holds 1 to {MAX_BATCH_ORDERS} orders, got {len(orders)}")
-        entries = [self._market_params(*order) for order in orders]
+        entries = [self._market_params(order) for order in orders]
         if self._orders is not None:
             raw = self._orders.batch_orders(entries)
         else:

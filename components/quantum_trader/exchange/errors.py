@@ -68,29 +68,26 @@ def answer_error(status: int, code: int, message: str) -> ExchangeError:
     )
 
 
+def outcome_unknown_error(code: int, message: str) -> ExchangeError:
+    """A request whose effect is unknown: worth retrying, but an order is looked up before it is resent."""
+    return ExchangeError(code, message, retryable=True, unknown_outcome=True)
+
+
 def timeout_error(timeout: float) -> ExchangeError:
-    """No answer in time: the request may have been executed (look an order up before resending)."""
-    return ExchangeError(
-        TIMEOUT,
-        f"no answer within {timeout:g}s; the request may have been executed",
-        retryable=True,
-        unknown_outcome=True,
-    )
+    """No answer in time: the request may have been executed."""
+    return outcome_unknown_error(TIMEOUT, f"no answer within {timeout:g}s; the request may have been executed")
 
 
 def disconnected_error(cause: str) -> ExchangeError:
     """The connection failed or dropped: the request may have been executed."""
-    return ExchangeError(
-        DISCONNECTED,
-        f"connection to the exchange failed ({cause}); the request may have been executed",
-        retryable=True,
-        unknown_outcome=True,
+    return outcome_unknown_error(
+        DISCONNECTED, f"connection to the exchange failed ({cause}); the request may have been executed"
     )
 
 
 def unreadable_error(message: str) -> ExchangeError:
     """A 2xx answer that is not JSON (python-binance: ``Invalid Response: <text>``): what it did is unknown."""
-    return ExchangeError(UNKNOWN, f"unreadable answer: {message[:200]}", retryable=True, unknown_outcome=True)
+    return outcome_unknown_error(UNKNOWN, f"unreadable answer: {message[:200]}")
 
 
 class ConditionalOrderRefused(Exception):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 from quantum_trader.contracts.messages import PositionSide, Side
 
@@ -18,6 +19,16 @@ def _float(raw: Mapping[str, Any], key: str, default: float = 0.0) -> float:
     if value in (None, ""):
         return default
     return float(value)
+
+
+class MarketOrder(NamedTuple):
+    """A MARKET order to send: what :meth:`ExchangeClient.market_order` takes, one entry of a batch."""
+
+    symbol: str
+    side: Side | str
+    qty: Decimal | float | str
+    client_order_id: str
+    reduce_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,8 @@ from decimal import Decimal
 from quantum_trader.contracts.control import ControlState
 from quantum_trader.contracts.messages import Approval, OrderType, PlanKind, PositionSide, ResultStatus
 from quantum_trader.exchange.filters import SymbolFilters, check_order, qty_for_notional, round_qty_down
-from quantum_trader.exchange.models import OrderResult
+from quantum_trader.exchange.models import MarketOrder, OrderResult
+from quantum_trader.exchange.order_ids import client_order_id
 from quantum_trader.risk.positions import other_trade
 
 
@@ -118,3 +119,9 @@ def decide_order(
     if problem is not None:
         return Refuse(ResultStatus.REJECTED, f"size: {problem}")
     return Send(qty, reduce_only=False)
+
+
+def order_to_send(approval: Approval, send: Send) -> MarketOrder:
+    """The MARKET order a ``Send`` decision sends, with the plan's client order id."""
+    plan = approval.plan
+    return MarketOrder(plan.symbol, plan.side, send.qty, client_order_id(plan.plan_id), send.reduce_only)

@@ -13,8 +13,10 @@ exit-brain reads ``market.tick`` directly while an exit's fill travels governor,
 position-state before its snapshot comes back, so under load the wait can end before the snapshot
 arrives. The service therefore reads the symbol's position as position-state recorded it
 (:class:`RecordedTrade`) with the state: when that says the watched trade is closed (flat, or
-another trade opened since), no exit is planned for it — it could only be refused (governor:
-``no_open_position``; apply-layer refuses an exit for another trade before any request).
+another trade opened since), no exit is planned for it — it could only be refused: the governor
+rejects an exit for another trade than the open one as ``no_open_position`` (check 14: side and
+``position_opened_at`` against ``position:<symbol>``) before it holds an exit lock, and apply-layer's
+same check before any request is the second line, for a trade that changed after the approval.
 
 Shadow records are made once per position and rule: a rule that keeps firing on every tick is
 recorded the first time only.
@@ -226,7 +228,8 @@ def exit_plan(
 
     It names the trade it closes (``position_opened_at``): a retry made for a trade that closed
     meanwhile — exit-brain reads ticks ahead of the fill's snapshot — must not close, or be sent
-    against, the next trade on the symbol (apply-layer refuses it as ``no_open_position``).
+    against, the next trade on the symbol (the governor rejects it as ``no_open_position``; apply-layer
+    refuses it so too, before any request, when the trade changed after the approval).
     """
     return Plan(
         symbol=position.symbol,
