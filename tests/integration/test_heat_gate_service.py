@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 
 import pytest
+import redis
 
 from quantum_trader.bus.consumer import StreamConsumer
 from quantum_trader.bus.control import Scope, write_control
@@ -13,7 +16,7 @@ from quantum_trader.bus.step import Output
 from quantum_trader.contracts.envelope import decode
 from quantum_trader.contracts.keys import Keys
 from quantum_trader.contracts.messages import HarvestAction, HarvestProposal, OrderType, Plan, PlanKind, Side
-from quantum_trader.contracts.policy import PolicySpec
+from quantum_trader.contracts.policy import PolicySpec, StreamRetention
 from quantum_trader.exits.heat import GateSettings, HeatClock
 from quantum_trader.runtime.runner import connect
 from quantum_trader.runtime.service import ComponentContext
@@ -29,12 +32,20 @@ class Harness:
     """heat-gate on its own, on the wall clock (as live): no exit-brain verdict to wait for, unless ``built``
     from the policy (a replay: market clock, and exit-brain runs, so proposals wait for its verdict)."""
 
-    def __init__(self, redis_url: str, instance: str, pod: str = "heat-gate-0", *, built: bool = False):
+    def __init__(
+        self,
+        redis_url: str,
+        instance: str,
+        pod: str = "heat-gate-0",
+        *,
+        built: bool = False,
+        policy: PolicySpec | None = None,
+    ):
         settings = load_settings(
             env={"QT_COMPONENT": "heat-gate", "QT_INSTANCE": instance, "QT_REDIS_URL": redis_url, "QT_POD": pod}
         )
         self.ctx = ComponentContext(
-            settings=settings, policy=PolicySpec(), client=connect(redis_url), keys=Keys(instance)
+            settings=settings, policy=policy or PolicySpec(), client=connect(redis_url), keys=Keys(instance)
         )
         if built:
             service = build(self.ctx)
@@ -279,6 +290,15 @@ def feed_exit_brain(r, keys: Keys, exit_brain: ExitBrainHarness, take_profit: fl
     exit_brain.drain()
 
 
+def send_replay_proposal(r, keys: Keys, gate: Harness, verdict_wait_seconds: float) -> HarvestProposal:
+    """The replay's inputs written and a proposal sent, to a gate that waits that long for a verdict."""
+    replay_inputs(r, keys)
+    gate.service.verdict_wait_seconds = verdict_wait_seconds
+    prop = proposal()
+    send(r, keys, prop)
+    return prop
+
+
 @pytest.fixture
 def replay_gate(redis_url, instance, r, keys):
     write_control(r, keys, engaged=False)
@@ -292,25 +312,29 @@ def test_a_replay_gate_is_on_the_market_clock_and_defers_to_a_running_exit_brain
     assert replay_gate.service.defers_to_exit_brain
 
 
-def test_a_replay_proposal_waits_for_exit_brains_verdict_on_its_bar_then_passes(
-    redis_url, instance, r, keys, replay_gate
-):
-    import threading
-
-    replay_inputs(r, keys)
-    replay_gate.service.verdict_wait_seconds = 30.0
-    prop = proposal()
-    send(r, keys, prop)
-    waiting = threading.Thread(target=replay_gate.drain)
+def verdict_after_a_wait(redis_url, instance, r, keys, gate: Harness, meanwhile=None) -> HarvestProposal:
+    """A replay proposal that waits (no verdict yet; ``meanwhile`` runs then), until exit-brain judges its
+    bar with no exit (150 is above the 140 target): the proposal, once the gate is done with it."""
+    prop = send_replay_proposal(r, keys, gate, 30.0)
+    waiting = threading.Thread(target=gate.drain)
     waiting.start()
     time.sleep(0.5)
     assert waiting.is_alive() and plans(r, keys) == [], "no verdict yet: the proposal waits"
     assert r.xpending(keys.stream("harvest.proposal"), "heat-gate")["pending"] == 1
+    if meanwhile is not None:
+        meanwhile()
     exit_brain = ExitBrainHarness(redis_url, instance)
-    feed_exit_brain(r, keys, exit_brain, take_profit=140.0, at=prop.time)  # 150 is above the target: no exit
+    feed_exit_brain(r, keys, exit_brain, take_profit=140.0, at=prop.time)
     waiting.join(30)
     exit_brain.close()
     assert not waiting.is_alive()
+    return prop
+
+
+def test_a_replay_proposal_waits_for_exit_brains_verdict_on_its_bar_then_passes(
+    redis_url, instance, r, keys, replay_gate
+):
+    prop = verdict_after_a_wait(redis_url, instance, r, keys, replay_gate)
     made = plans(r, keys)
     assert [p.plan_id for p in made] == [f"heat:{prop.proposal_id}"]
     assert replay_gate.service.counters["passed"] == 1
@@ -335,12 +359,100 @@ def test_a_replay_proposal_for_a_trade_exit_brain_exits_on_the_bar_is_dropped(
 
 
 def test_without_a_verdict_a_replay_proposal_never_passes(r, keys, replay_gate):
-    replay_inputs(r, keys)
-    replay_gate.service.verdict_wait_seconds = 0.1
-    prop = proposal()
-    send(r, keys, prop)
+    prop = send_replay_proposal(r, keys, replay_gate, 0.1)
     replay_gate.drain()
     assert plans(r, keys) == []
     assert r.xpending(keys.stream("harvest.proposal"), "heat-gate")["pending"] == 1, "left pending, to retry"
     assert not r.exists(keys.done("heat-gate", prop.proposal_id))
     assert replay_gate.service.counters["verdict_waits"] >= 1 and replay_gate.consumer.stats.errors >= 1
+
+
+def keys_read(redis_url: str, watched: dict[str, str], during) -> Counter:
+    """How many commands named each of ``watched``'s keys (by label) while ``during()`` ran (MONITOR)."""
+    seen: Counter = Counter()
+    done = f"monitor-done-{time.monotonic_ns()}"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    started = threading.Event()
+
+    def follow() -> None:
+        with client.monitor() as monitor:
+            started.set()
+            while True:
+                command = monitor.next_command()["command"]
+                if done in command:
+                    return
+                words = command.split()
+                for label, key in watched.items():
+                    seen[label] += key in words
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    started.wait(5)
+    time.sleep(0.05)  # MONITOR is in effect once the server has answered it
+    try:
+        during()
+    finally:
+        client.echo(done)
+        follower.join(10)
+        client.close()
+    return seen
+
+
+def test_a_wait_for_exit_brains_verdict_polls_its_state_alone(redis_url, r, keys, replay_gate):
+    send_replay_proposal(r, keys, replay_gate, 0.3)
+    watched = {
+        "heat": keys.portfolio_heat,
+        "position": keys.position(SYMBOL),
+        "control": keys.control,
+        "exit-brain": keys.component_state("exit-brain", SYMBOL),
+    }
+    reads = keys_read(redis_url, watched, replay_gate.drain)
+    assert replay_gate.service.counters["verdict_waits"] >= 1 and plans(r, keys) == []
+    assert reads["heat"] == reads["position"] == reads["control"] == 1, reads
+    assert reads["exit-brain"] > 10, reads
+
+
+def test_a_kill_switch_engaged_while_a_proposal_waits_holds_it_once_the_verdict_comes(
+    redis_url, instance, r, keys, replay_gate
+):
+    def engage() -> None:
+        write_control(r, keys, engaged=True, scope=Scope.EXITS, reason="test")
+
+    prop = verdict_after_a_wait(redis_url, instance, r, keys, replay_gate, meanwhile=engage)
+    assert plans(r, keys) == []
+    assert replay_gate.service.counters["hold_kill_switch"] == 1
+    assert_acked(r, keys, prop)
+
+
+def test_an_orderly_stop_ends_the_wait_and_leaves_the_proposal_pending(r, keys, replay_gate):
+    prop = send_replay_proposal(r, keys, replay_gate, 30.0)
+    waiting = threading.Thread(target=replay_gate.consumer.poll_once, kwargs={"block_ms": 20})
+    waiting.start()
+    time.sleep(0.3)
+    assert waiting.is_alive(), "no verdict: the proposal waits"
+    replay_gate.ctx.stop.set()
+    waiting.join(2)
+    assert not waiting.is_alive(), "the stop ended the wait, long before verdict_wait_seconds"
+    assert plans(r, keys) == []
+    assert r.xpending(keys.stream("harvest.proposal"), "heat-gate")["pending"] == 1, "left pending, to retry"
+    assert not r.exists(keys.done("heat-gate", prop.proposal_id))
+
+
+def test_a_proposal_never_given_a_verdict_goes_to_the_dlq_after_max_deliveries(redis_url, instance, r, keys):
+    write_control(r, keys, engaged=False)
+    policy = PolicySpec(streams=StreamRetention(max_deliveries=2, claim_idle_ms=100))
+    harness = Harness(redis_url, instance, built=True, policy=policy)
+    try:
+        prop = send_replay_proposal(r, keys, harness, 0.05)
+        deadline = time.monotonic() + 20
+        while not r.xlen(keys.dlq("harvest.proposal")) and time.monotonic() < deadline:
+            harness.consumer.poll_once(block_ms=20)
+            time.sleep(0.15)  # past claim_idle_ms: the next poll reclaims it, one more delivery
+        dead = r.xrange(keys.dlq("harvest.proposal"))
+        assert len(dead) == 1 and dead[0][1]["orig.id"] == prop.proposal_id
+        assert "delivered 3 times (max 2)" in dead[0][1]["reason"]
+        assert plans(r, keys) == []
+        assert r.xpending(keys.stream("harvest.proposal"), "heat-gate")["pending"] == 0
+        assert harness.service.counters["passed"] == 0 and harness.service.counters["verdict_waits"] == 2
+    finally:
+        harness.close()

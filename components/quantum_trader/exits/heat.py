@@ -179,6 +179,20 @@ class GatePosition:
 
 
 @dataclass(frozen=True, slots=True)
+class GateInputs:
+    """What the gate reads for a proposal, as the hashes are (str fields; an absent hash is empty)."""
+
+    heat: Mapping[str, str]
+    """``portfolio:heat``"""
+    position: Mapping[str, str]
+    """``position:<symbol>``"""
+    kill_switch_hold: bool
+    """the kill switch forces non-baseline exits to SHADOW (or is unreadable)"""
+    exit_brain: Mapping[str, str]
+    """exit-brain's state for the symbol (``state:exit-brain:<symbol>``): its verdict"""
+
+
+@dataclass(frozen=True, slots=True)
 class GateDecision:
     utilization: float
     side: Side
