@@ -33,6 +33,21 @@ Fail closed: a position hash the refresh cannot read sets ``state`` to ``unreada
 until a refresh reads every position again no step writes heat (the steps are guarded on
 ``state``), so heat goes stale and heat-gate holds. Before the first refresh of an instance
 there is no ``state``: the handler runs the refresh first.
+
+Batches: the results of one read of the stream are settled together (``settle_batch``, the bus's
+:class:`Prepared` hook), in two round trips for the whole batch instead of two per result. One
+pipeline reads what the batch's results are settled on (every symbol's position, locks and risk
+entry, the ledger and the totals, every message's done key); the settlement math runs in memory,
+each result on the state the batch's earlier ones leave (:class:`BatchBook`: two results for one
+symbol are applied in order, the second on the position the first produced); and the steps go in one
+script (``services/step_batch.py``) that runs each as the bus's stage step, in order, and stops at the
+first one that does not apply. So every step applied was computed on exactly the state it is applied
+to: its first guards are checked against what was read, as one result alone, and the later ones are
+implied by the earlier steps of the same atomic script. A result the script did not settle (a conflict,
+a step after it, one whose position cannot be read, a redelivered entry) is settled on its own by
+``on_result``, with the re-read and recompute above. Inside one script nobody sees the heat between two
+steps, so only the batch's last step writes it; a batch that stopped early has it rewritten from the
+totals at once.
 """
 
 from __future__ import annotations
@@ -426,12 +441,18 @@ class PositionStateService(Service):
         """
         self._settled = {}
         client, keys = self.ctx.client, self.ctx.keys
-        done_keys = [keys.done(self.ctx.name, e.id) for e in envelopes]
+        # only a redelivered entry is likely done already; a first delivery that is (a result sent
+        # twice) makes the script stop at it, and what follows it is settled on its own
+        redelivered = [i for i, d in enumerate(deliveries) if d.deliveries > 1]
+        done_keys = [keys.done(self.ctx.name, envelopes[i].id) for i in redelivered]
         symbols = sorted({e.message.symbol for e in envelopes})
-        book, done = read_batch(client, keys, symbols, done_keys)
+        book, found = read_batch(client, keys, symbols, done_keys)
         if book.totals_missing:  # before the first refresh of an instance: build the totals once
             self.refresh_heat()
-            book, done = read_batch(client, keys, symbols, done_keys)
+            book, found = read_batch(client, keys, symbols, done_keys)
+        done = [False] * len(envelopes)
+        for index, already_done in zip(redelivered, found, strict=True):
+            done[index] = already_done
         now_ms = self.ctx.now_ms()
         planned: list[tuple[Envelope[ExecutionResult], Delivery, Settlement | None, BatchStep]] = []
         seen: set[str] = set()
