@@ -155,6 +155,44 @@ def test_a_quantity_out_of_every_bound_is_binances_refusal_not_an_unknown_error(
     assert placed["status"] == "FILLED"
 
 
+def admin_post(sim: RunningSimulator, path: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        sim.base_url + path, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/sim/price", b'{"symbol": "BTCUSDT", "price": "1e400"}'),
+        ("/sim/price", b'{"symbol": "BTCUSDT", "price": 1e10}'),
+        ("/sim/price", b'{"symbol": "BTCUSDT", "price": Infinity}'),
+        ("/sim/price", b'{"symbol": "BTCUSDT", "price": true}'),
+        ("/sim/price", b'{"symbol": "BTCUSDT", "price": 100, "time": 1e400}'),
+        ("/sim/price", b'{"symbol": "BTCUSDT", "price": 100, "time": -1}'),
+        ("/sim/price", b"[" * 100_000),
+        ("/sim/adjust-position", b'{"symbol": "BTCUSDT", "qty": "1e400", "entryPrice": "100"}'),
+        ("/sim/adjust-position", b'{"symbol": "BTCUSDT", "qty": "1", "entryPrice": "1e400"}'),
+        ("/sim/adjust-position", b'{"symbol": "BTCUSDT", "qty": "NaN", "entryPrice": "100"}'),
+        ("/sim/faults", b'{"timeoutRate": NaN}'),
+    ],
+)
+def test_admin_numbers_out_of_bounds_are_refused_and_leave_the_simulator_as_it_was(sim, binance, path, body):
+    """A price of 1e400 through /sim/price was taken, and every later /sim/state answered 500 from then on."""
+    status, answer = admin_post(sim, path, body)
+    assert status == 400 and answer["error"], answer
+    state = sim.state()
+    assert state["prices"]["BTCUSDT"] == "60000" and state["positions"] == []
+    assert binance.futures_create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01")["status"] == (
+        "FILLED"
+    )
+
+
 def test_an_internal_failure_is_binances_unknown_error_not_a_stack_trace():
     """A handler that fails unexpectedly answers Binance's 500 -1000 in JSON; the cause goes to the log only."""
     import asyncio

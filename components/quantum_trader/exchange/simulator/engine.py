@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
+from quantum_trader.contracts.messages import MAX_AMOUNT, MAX_EPOCH_MS, MAX_PRICE
 from quantum_trader.contracts.policy import SimulatorSpec
 from quantum_trader.exchange.filters import (
     Number,
@@ -267,10 +268,15 @@ class MatchingEngine:
             self.ignored_ticks += 1
             return False
         value = to_decimal(price)
-        if value <= 0:
-            raise ValueError(f"price of {symbol} must be positive, got {price!r}")
+        # the bounds of a Tick's price and time: ticks from the stream are validated already, the admin
+        # route's are not, and one price of 1e400 would break every later answer (state, fills, margin)
+        if not 0 < value <= MAX_PRICE:
+            raise ValueError(f"price of {symbol} must be positive and at most {MAX_PRICE:g}, got {price!r}")
+        when = int(event_time)
+        if not 0 <= when <= MAX_EPOCH_MS:
+            raise ValueError(f"time of {symbol}'s price must be epoch ms, got {event_time!r}")
         book.price = value
-        book.time = max(book.time, int(event_time))
+        book.time = max(book.time, when)
         if book.filters is None:
             book.filters = derive_filters(symbol, value)
         if symbol in self._positions:
@@ -417,6 +423,8 @@ class MatchingEngine:
         book = self._book(symbol)
         amount = to_decimal(qty)
         entry = to_decimal(entry_price)
+        if abs(amount) > MAX_AMOUNT or not 0 <= entry <= MAX_PRICE:
+            raise ValueError(f"a position of at most {MAX_AMOUNT:g} at a price of at most {MAX_PRICE:g}")
         if amount != 0 and entry <= 0:
             raise ValueError("an open position needs a positive entry price")
         when = book.time if time is None else int(time)

@@ -112,6 +112,11 @@ def _error(status: int, code: int, message: str) -> web.Response:
     return web.json_response({"code": code, "msg": message}, status=status)
 
 
+ADMIN_INPUT_ERRORS = (ValueError, KeyError, TypeError, ValidationError, SimRejection, ArithmeticError, RecursionError)
+"""what bad admin input raises, answered 400 (never the 500 of a bug): ArithmeticError for a time of 1e400
+(OverflowError) or decimal's InvalidOperation, RecursionError for a body nested too deeply to parse"""
+
+
 def _rejection_response(error: SimRejection) -> web.Response:
     return _error(error.status if isinstance(error, HttpRejection) else 400, error.code, error.message)
 
@@ -242,8 +247,8 @@ class SimulatorApp:
                 return web.json_response({"error": "admin endpoints answer loopback only"}, status=403)
             try:
                 return web.json_response(await handler(request))
-            except (ValueError, KeyError, TypeError, ValidationError, SimRejection) as error:
-                return web.json_response({"error": f"{type(error).__name__}: {error}"}, status=400)
+            except ADMIN_INPUT_ERRORS as error:
+                return web.json_response({"error": f"{type(error).__name__}: {error}"[:1000]}, status=400)
 
         return wrapped
 
