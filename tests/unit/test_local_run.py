@@ -176,6 +176,9 @@ def test_a_crashed_process_is_never_shown_running():
     assert restarted.rows[0].state == "running" and "restarted after crashed (SIGKILL)" in restarted.rows[0].detail
     no_beat = build_status(observed([], {"features": ("exited (1)", 2, "exited (1)")}))
     assert no_beat.rows[0].state == "exited (1)"
+    # the closing table: the restart stopped in order, and the crash before it is still named
+    stopped = build_status(observed([beat("features", 10)], {"features": ("stopped", 1, "crashed (SIGKILL)")}))
+    assert stopped.rows[0].state == "stopped" and stopped.rows[0].detail == "restarted after crashed (SIGKILL)"
 
 
 @pytest.mark.parametrize(

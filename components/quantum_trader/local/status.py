@@ -88,6 +88,12 @@ def idle_reason(component: str, processed: int, lag: int, open_positions: int, c
     return ""
 
 
+def is_up_or_stopped(process_state: str) -> bool:
+    """The process there now is a restart that runs, or ran until the stop: its predecessor's end is history
+    worth showing (a process that is itself down shows its own end as its state)."""
+    return process_state == "running" or process_state.startswith("stopped")
+
+
 def _process(observed: Observed, name: str) -> tuple[str, int, str]:
     state, restarts, *rest = observed.processes.get(name, ("", 0, ""))
     return state, restarts, (rest[0] if rest else "")
@@ -103,7 +109,7 @@ def build_status(observed: Observed) -> StackStatus:
         process_state, restarts, last_end = _process(observed, name)
         if not beats:
             state = process_state or "no heartbeat"
-            detail = f"restarted after {last_end}" if last_end and process_state == "running" else ""
+            detail = f"restarted after {last_end}" if last_end and is_up_or_stopped(process_state) else ""
             rows.append(ComponentRow(name, state, 0, 0, 0, None, restarts, detail))
             continue
         newest = max(beats, key=lambda b: b.time_ms)
@@ -118,7 +124,7 @@ def build_status(observed: Observed) -> StackStatus:
         last_age = max(observed.now_ms - last_event, 0) / 1000 if last_event else None
         errors = sum(int(b.counters.get("errors", 0)) for b in beats)
         notes = [f"{errors} errors"] if errors else []
-        if last_end and process_state == "running":
+        if last_end and is_up_or_stopped(process_state):
             notes.append(f"restarted after {last_end}")
         if state == "running":
             counters: dict = {}
