@@ -78,6 +78,9 @@ SNAPSHOT_STREAM = "position.snapshot"
 CLOSED_STREAM = "trade.closed"
 HEAT_REFRESH_SECONDS = 5.0
 """heat-gate treats heat older than 60 s (wall clock) as stale; refresh well within that"""
+SMALLEST_BATCH = 2
+"""fewer results than this are settled one by one: the batch's read and script are two round trips of
+their own, where one result alone costs one (its step is sent with the consumer's next stream read)"""
 HEAT_REBUILD_SECONDS = 300.0
 """from every position: the running sum's float drift (increments of %.17g each) stays far below this"""
 
@@ -440,6 +443,8 @@ class PositionStateService(Service):
         between two steps of one script).
         """
         self._settled = {}
+        if len(envelopes) < SMALLEST_BATCH:
+            return  # on_result alone costs its read, and its step goes with the consumer's next read
         client, keys = self.ctx.client, self.ctx.keys
         # only a redelivered entry is likely done already; a first delivery that is (a result sent
         # twice) makes the script stop at it, and what follows it is settled on its own
