@@ -73,13 +73,17 @@ def policy(
     if plan.create_paper_secret:
         _create_paper_secret(sources, rendered)
     drained = False
+    applied: dict[tuple[str, str], Mapping[str, Any]] = {}
     for manifest in plan.apply:
         if plan.drain_executors and not drained and kv.component(manifest) in EXECUTORS and client is not None:
             drained = True
             _drain_executors(client, keys, where, drain_seconds)
-        sources.kube.apply(manifest)
+        applied[kv.key(manifest)] = sources.kube.apply(manifest)
     for manifest in plan.repair:
-        removed = strip_foreign_fields(sources, manifest)
+        # The apply's answer is the child as it is now, managedFields included: no GET (which the chart's RBAC
+        # does not grant for Deployments and ConfigMaps, and which would cost a request per child).
+        live = applied.get(kv.key(manifest)) or sources.kube.apply(manifest)
+        removed = strip_foreign_fields(sources, manifest, live)
         if removed:
             log.warning("%s: removed fields of other managers: %s", where, "; ".join(removed))
     for api_version, kind, name in plan.delete:
@@ -110,14 +114,12 @@ def invalid_policy(body: Mapping[str, Any], plan: PolicyPlan) -> None:
         post_event(body, event)
 
 
-def strip_foreign_fields(sources: Sources, manifest: Mapping[str, Any]) -> list[str]:
-    """Remove from the child the fields other field managers own that its manifest lacks (ownership.py): a
-    JSON patch guarded by the resourceVersion read, so a child changed meanwhile is left for the next check."""
+def strip_foreign_fields(sources: Sources, manifest: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
+    """Remove from the child (``live``: as the API server last returned it) the fields other field managers own
+    that its manifest lacks (ownership.py): a JSON patch guarded by ``live``'s resourceVersion, so a child changed
+    since is left for the next check."""
     api_version, kind = str(manifest["apiVersion"]), str(manifest["kind"])
     namespace, name = kv.namespace(manifest), kv.name(manifest)
-    live = sources.kube.get(api_version, kind, namespace, name)
-    if live is None:
-        return []
     found = foreign_fields(live, manifest, n.MANAGED_BY)
     patch = removal_patch(live, found)
     if not patch:

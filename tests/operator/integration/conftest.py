@@ -6,6 +6,7 @@ namespace.
 ``operator``: ``qt operator -A`` with that kubeconfig, every policy's Redis overridden to the session's
 redis-server (QT_OPERATOR_REDIS_URL_OVERRIDE), and short timer intervals; its log is printed when a test fails
 (or always with QT_TEST_OPERATOR_LOG=1).
+``helm``: tests/chart's helm binary, for rendering the chart's RBAC.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from kubernetes import client as k8s_client
 
 from harness.kube_emulator import EmulatedCluster, EmulatorThread
 from quantum_trader_operator.runtime_io import Kube
+from tests.chart.chartlib import helm
 from tests.operator.integration.support import Operator, start_operator
+
+__all__ = ["helm"]  # a real helm binary (or a skip with the reason), for the test of the chart's RBAC
 
 
 @pytest.fixture
