@@ -134,6 +134,25 @@ def test_the_operator_does_its_work_with_the_chart_rbac_only(
     )
     assert wait_for(lambda: watched.events(), timeout=60, what="an Event from the operator")
 
+    # Fields of another field manager are removed with the chart's rights only (the repair's JSON patch): an env
+    # var set through the admission policy as the ServiceAccount, a label on the ConfigMap (no policy there).
+    governor = n.deployment_name(NAME, "governor")
+    as_operator = ("--as", chart.operator_user, "--as-group", "system:masters")
+    kubectl(*as_operator, "set", "env", f"deployment/{governor}", "FOREIGN=1", "-n", chart.watched)
+    kubectl("label", "configmap", n.config_map_name(NAME), "e2e.quantumtrader.io/foreign=yes", "-n", chart.watched)
+
+    def foreign_left() -> list[str]:
+        left = []
+        container = get_json("deployment", governor, "-n", chart.watched)["spec"]["template"]["spec"]["containers"][0]
+        if any(e.get("name") == "FOREIGN" for e in container.get("env") or []):
+            left.append("env FOREIGN")
+        labels = get_json("configmap", n.config_map_name(NAME), "-n", chart.watched)["metadata"].get("labels") or {}
+        if "e2e.quantumtrader.io/foreign" in labels:
+            left.append("ConfigMap label")
+        return left
+
+    wait_for(lambda: not foreign_left(), timeout=60, what="the foreign fields to be removed as the ServiceAccount")
+
     # Disabling a component deletes its Deployment (the delete right).
     kubectl(
         "patch", "tradingpolicy", NAME, "-n", chart.watched, "--type=merge",
