@@ -16,7 +16,7 @@ from quantum_trader.data.errors import DataError
 from quantum_trader.local.app import apply_run_options, replay_without_allowed_symbols, with_process_states
 from quantum_trader.local.digest import DigestError, pick_repo_digest, tree_digest
 from quantum_trader.local.ledger import Crash, RunLedger, ledger_figure, reached_exchange, render_summary, summarize
-from quantum_trader.local.status import Observed, build_status, idle_reason
+from quantum_trader.local.status import Observed, build_status, idle_reason, render_text
 from quantum_trader.local.supervisor import (
     ORDER_LOG_FILE,
     Supervisor,
@@ -393,3 +393,21 @@ def test_how_a_stop_went(codes, outcome):
     from quantum_trader.local.app import stop_outcome
 
     assert stop_outcome(codes, {pod: describe_stop(code) for pod, code in codes.items()}) == outcome
+
+
+def test_how_a_forced_stop_went():
+    from quantum_trader.local.app import stop_outcome
+
+    codes = {"a-0": 0, "b-0": -9, "c-0": -9, "d-0": 1}
+    states = {pod: describe_stop(code, forced=True) for pod, code in codes.items()}
+    assert stop_outcome(codes, states) == "killed by the forced stop: b-0, c-0; not clean: d-0 exited (1)"
+
+
+def test_the_text_table_fits_the_longest_state():
+    status = build_status(observed([beat("features", 7), beat("governor", 3)]))
+    final = with_process_states(status, {"features": ("killed (forced stop)", 0, ""), "governor": ("stopped", 0, "")})
+    header, *rows, _caption = render_text(final).splitlines()
+    processed_ends = header.index("processed") + len("processed")
+    for row, processed in zip(rows, ("7", "3"), strict=True):
+        # the counts stay under their heading however long a state is
+        assert row[processed_ends - 1] == processed and row[processed_ends - 2] == " ", (header, row)

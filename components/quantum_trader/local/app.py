@@ -33,7 +33,7 @@ from quantum_trader.data.errors import DataError
 from quantum_trader.local.ledger import LEDGER_FILE, read_ledger, render_summary, summarize, write_ledger
 from quantum_trader.local.redis_server import EmbeddedRedis, RedisStartError, find_binary
 from quantum_trader.local.status import StackStatus, build_status, gather, render, render_text
-from quantum_trader.local.supervisor import Supervisor, clean_stop
+from quantum_trader.local.supervisor import FORCED_KILL, Supervisor, clean_stop
 
 log = logging.getLogger(__name__)
 
@@ -352,9 +352,12 @@ def _watch(
 
 def stop_outcome(codes: dict[str, int], states: dict[str, str]) -> str:
     """One phrase on how the stop went: ``all exited 0``, or who did not and how."""
-    failed = [f"{pod} {states[pod]}" for pod, code in codes.items() if not clean_stop(code)]
+    killed = [pod for pod in codes if states[pod] == FORCED_KILL]
+    failed = [f"{pod} {states[pod]}" for pod, code in codes.items() if not clean_stop(code) and pod not in killed]
     early = [pod for pod, code in codes.items() if code != 0 and clean_stop(code)]
     parts = []
+    if killed:
+        parts.append("killed by the forced stop: " + ", ".join(killed))
     if failed:
         parts.append("not clean: " + ", ".join(failed))
     if early:

@@ -210,14 +210,15 @@ def _caption(summary: StackSummary) -> str:
 
 def render_text(status: StackStatus) -> str:
     """Plain text for logs and non-terminals."""
+    width = max([18, *(len(row.state) for row in status.rows)])  # "killed (forced stop)" and longer fit
     lines = [
-        f"{'component':<15} {'state':<18} {'processed':>10} {'lag':>7} {'pending':>7} {'last event':>10} "
+        f"{'component':<15} {'state':<{width}} {'processed':>10} {'lag':>7} {'pending':>7} {'last event':>10} "
         "restarts  detail"
     ]
     for row in status.rows:
         age = "-" if row.last_event_age is None else f"{row.last_event_age:.1f}s"
         lines.append(
-            f"{row.component:<15} {row.state:<18} {row.processed:>10,} {row.lag:>7,} {row.pending:>7,} {age:>10} "
+            f"{row.component:<15} {row.state:<{width}} {row.processed:>10,} {row.lag:>7,} {row.pending:>7,} {age:>10} "
             f"{row.restarts:>8}  {row.detail}".rstrip()
         )
     lines.append(_caption(status.summary))

@@ -70,6 +70,9 @@ def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.startswith("QT_") or k.startswith(PASSED_THROUGH)}
 
 
+FORCED_KILL = "killed (forced stop)"
+
+
 def describe_stop(code: int, *, forced: bool = False, timed_out_after: float | None = None) -> str:
     """How a process ended on a stop. Dying of the SIGTERM itself means it was still importing (a
     component handles SIGTERM from before it reads anything): it held nothing, so that stop is clean.
@@ -80,7 +83,7 @@ def describe_stop(code: int, *, forced: bool = False, timed_out_after: float | N
     if code == -signal.SIGTERM:
         return "stopped (while starting)"
     if code == -signal.SIGKILL and forced:
-        return "killed (forced stop)"
+        return FORCED_KILL
     if code == -signal.SIGKILL and timed_out_after is not None:
         return f"killed (not stopped within {timed_out_after:.0f}s)"
     return describe_exit(code)
