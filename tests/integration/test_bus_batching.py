@@ -72,8 +72,11 @@ def test_independent_steps_are_applied_together_and_exactly_once(r: redis.Redis,
     assert calls == [f"t{t}" for t in range(60)]  # a copy is recognised before its handler runs
     assert consumer.stats.processed == 60 and consumer.stats.duplicates == 2
     assert pending(r, keys) == 0
-    assert stats["evalsha"] == 60  # every step its own script; the copies never reach one
-    assert stats["exists"] == 62 + 2 + 60  # batch checks (pipelined), the copies' own, one in each script
+    # the steps applied STEP_FLUSH (20) at a time, each flush one script call; the copies never reach one
+    assert stats["evalsha"] == 60 // StreamConsumer.STEP_FLUSH
+    assert stats["set"] == 60  # each step's done key checked and set by one SET NX, inside the script
+    assert stats["exists"] == 1 + 2  # one EXISTS of the batch's 62 done keys, found none; the copies' own
+    assert stats["xack"] == 60 // StreamConsumer.STEP_FLUSH + 2  # one per flushed batch; the copies' own
 
 
 def test_a_message_done_before_its_batch_is_only_acked(r: redis.Redis, instance: str) -> None:

@@ -83,4 +83,3 @@ def test_the_consumer_keeps_one_connection_and_reopens_it_when_dropped(
     assert [fields["id"] for _, fields in r.xrange(keys.stream("features"))] == ["f:t0", "f:t1"]
     assert consumer.stats.errors == 0  # the read that found it gone was sent again on a new one
     assert r.xpending(keys.stream("market.tick"), "features")["pending"] == 0
-

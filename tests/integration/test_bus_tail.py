@@ -4,6 +4,8 @@ a conflicting last step is recomputed before any entry of the next batch is hand
 
 from __future__ import annotations
 
+import gc
+
 import redis
 
 from quantum_trader.bus.consumer import Delivery, StreamConsumer, no_done_precheck
@@ -47,6 +49,7 @@ def test_the_last_step_goes_with_the_next_read_and_is_applied_first(r: redis.Red
     publish(r, keys, Output("market.tick", tick(100), id="warm-up"), 10_000)
     assert consumer.poll_once(block_ms=10) == 1  # the script loaded, the pipelines' connection opened
     publish(r, keys, Output("market.tick", tick(0), id="t0"), 10_000)
+    gc.collect()  # no connection of an earlier test closed during the count (its EOF counts as a read)
     before = requests(r)
     assert consumer.poll_once(block_ms=50) == 2
     used = requests(r) - before - 3  # the handler's publish of t1 and its EXISTS, and this INFO
@@ -81,3 +84,33 @@ def test_a_conflicting_last_step_is_recomputed_before_the_next_batch(r: redis.Re
     assert attempts == ["t0", "t0", "t1"]
     assert r.hget(key, "v") == "12"
     assert consumer.stats.processed == 2 and r.xpending(keys.stream("market.tick"), "features")["pending"] == 0
+
+
+def test_the_last_steps_and_the_next_read_use_the_consumers_own_connection_even_after_a_drop(
+    r: redis.Redis, redis_url: str, instance: str
+) -> None:
+    keys = Keys(instance)
+    killed: list[int] = []
+
+    @no_done_precheck
+    def handle(envelope: Envelope, delivery: Delivery) -> Step:
+        if envelope.id == "t0":  # its step will go with the next read, on a connection Redis just dropped
+            killed.append(consumer.client.client_id())
+            r.client_kill_filter(_id=killed[0])
+            publish(r, keys, Output("market.tick", tick(1), id="t1"), 10_000)
+        return Step().emit("features", vector(envelope.message.event_time), id=f"f:{envelope.id}")
+
+    connections_before = len(r.client_list())
+    consumer = make(redis.Redis.from_url(redis_url), keys, handle)
+    publish(r, keys, Output("market.tick", tick(100), id="warm-up"), 10_000)
+    assert consumer.poll_once(block_ms=10) == 1
+    # the warm-up's step went with a read: still the one connection the consumer keeps, no pool checkout
+    assert len(r.client_list()) == connections_before + 1
+    publish(r, keys, Output("market.tick", tick(0), id="t0"), 10_000)
+    while consumer.poll_once(block_ms=50):
+        pass
+    assert killed and consumer.client.client_id() != killed[0]  # reconnected, and sent again there
+    assert outputs(r, keys) == ["f:warm-up", "f:t0", "f:t1"]
+    assert consumer.stats.errors == 0 and consumer.stats.processed == 3
+    assert r.xpending(keys.stream("market.tick"), "features")["pending"] == 0
+    assert len(r.client_list()) == connections_before + 1

@@ -8,8 +8,9 @@ entry about a symbol its stream does not admit goes to the DLQ too, before any h
 for it (see ``contracts/admission.py`` for which symbols each stream admits, and why).
 
 Round trips per batch, not per message: the done keys of a whole XREADGROUP batch are checked with
-one pipelined EXISTS before any handler runs (a message already done is only acked, all of them in
-one XACK). The check is an optimization, not the guarantee: every stage script checks its done key
+one EXISTS of all of them before any handler runs (a pipelined EXISTS per key only when some are
+done; a message already done is only acked, all of them in one XACK). The check is an
+optimization, not the guarantee: every stage script checks its done key
 again atomically, so a message that became done after the check is still applied once. The check
 only spares a redelivered message its handler. A handler marked :func:`no_done_precheck` goes
 without it (one round trip less per batch): one whose effects all go through its stage step or its
@@ -18,12 +19,14 @@ read — as apply-layer must, right before any order, since an order is an effec
 message id seen twice in one batch is checked again on its own.
 
 A handler marked :func:`independent_steps` (its messages never read what the steps of the same
-batch write) has its steps applied together: one pipelined round trip for up to ``STEP_FLUSH``
-messages or once the first deferred step has waited ``STEP_WAIT`` seconds (counted from when it was
-deferred, not from when its message was read: a handler that itself takes longer than ``STEP_WAIT``,
-as apply-layer's order does, would otherwise flush every step alone), each step still its own
-exactly-once script. Handlers that read their own stage's writes (say position-state, whose heat
-builds on the previous step's totals) are stepped one by one.
+batch write) has its steps applied together: one script call for up to ``STEP_FLUSH`` messages or
+once the first deferred step has waited ``STEP_WAIT`` seconds (counted from when it was deferred, not
+from when its message was read: a handler that itself takes longer than ``STEP_WAIT``, as
+apply-layer's order does, would otherwise flush every step alone). The call applies each step
+exactly as its own script would (done key, guards, writes, outputs) and acks them with one XACK; it
+is atomic, so a process killed around it leaves each message applied or not, never half a batch
+(``StepRunner.run_many``). Handlers that read their own stage's writes (say position-state, whose
+heat builds on the previous step's totals) are stepped one by one.
 
 The steps a batch ends with — the last message's of a handler stepped one by one, the last
 deferred ones of an ``independent_steps`` handler — go in the pipeline of the consumer's next
@@ -41,11 +44,15 @@ preparation (a reclaimed entry, or a preparation that failed, is handled without
 
 The consumer talks to Redis over a connection of its own (``single_connection_client``) instead of
 checking one out of the pool for every command: a checkout costs a lock and a poll of the socket per
-command, and the loop is single-threaded anyway. Pipelines still take one from the pool.
+command, and the loop is single-threaded anyway. The read that carries the last steps goes on that
+connection too (:func:`own_connection_pipeline`): paced, that is one round trip per message, and a
+redis-py pipeline costs about five times the sending itself. The rarer pipelines (done keys of a
+batch some of which are done, admission's position checks, the DLQ) still take one from the pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -135,6 +142,41 @@ def dedicated_connection(client: redis.Redis) -> redis.Redis:
     own = redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
     own.connection.retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
     return own
+
+
+def own_connection_pipeline(client: redis.Redis, commands: list[tuple]) -> list:
+    """Send ``commands`` in one round trip on ``client``'s kept connection; their replies, in order.
+
+    What a pipeline does, without its pool checkout (a lock and a poll of the socket), its objects and
+    its reset, which cost several times the sending itself; the consumer's paced path sends one such
+    round trip per message. A command's error reply comes back as its exception, as with
+    ``execute(raise_on_error=False)``. The connection dropped while sending: reconnected and sent once
+    more (as :func:`dedicated_connection` does for a command; everything the consumer sends that way may
+    be applied twice). Anything else going wrong midway closes the connection, so no reply is left unread.
+    """
+    connection = client.connection
+    if connection is None:
+        raise ValueError("own_connection_pipeline needs a client with a kept connection (dedicated_connection)")
+    packed = connection.pack_commands(commands)
+    with getattr(client, "single_connection_lock", None) or contextlib.nullcontext():
+        for attempt in range(2):
+            try:
+                connection.send_packed_command(packed)
+                replies: list = []
+                for command in commands:
+                    try:
+                        replies.append(client.parse_response(connection, command[0]))
+                    except redis.ResponseError as error:
+                        replies.append(error)
+                return replies
+            except redis.ConnectionError:
+                connection.disconnect()
+                if attempt:
+                    raise
+            except BaseException:
+                connection.disconnect()
+                raise
+    raise AssertionError("unreachable")
 
 
 class StepConflict(Exception):
@@ -272,15 +314,19 @@ class StreamConsumer:
         self._tail.clear()
         calls = [(step, p.envelope.id, p.delivery.stream, self.group, p.delivery.entry_id) for p, step in tail]
         self.steps.ensure_loaded()
+        keys, payload = self.steps.batch_call(calls)
+        read = ["GROUP", self.group, self.consumer, "COUNT", str(self.batch)]
+        if block_ms is not None:
+            read += ["BLOCK", str(block_ms)]
+        read += ["STREAMS", *streams, *streams.values()]
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                self.steps.queue(pipe, calls)
-                pipe.xreadgroup(self.group, self.consumer, streams, count=self.batch, block=block_ms)
-                replies = pipe.execute(raise_on_error=False)
+            replies = own_connection_pipeline(
+                self.client, [("EVALSHA", self.steps.sha, len(keys), *keys, payload), ("XREADGROUP", *read)]
+            )
         except Exception as error:  # the connection dropped: the steps stay pending, reclaim retries them
             self._settle(tail, [error] * len(tail))
             raise
-        self._settle(tail, self.steps.outcomes(replies[:-1]))
+        self._settle(tail, self.steps.batch_outcomes(replies[0], len(tail)))
         if isinstance(replies[-1], Exception):
             raise replies[-1]
         return replies[-1]
@@ -431,10 +477,17 @@ class StreamConsumer:
         return admitted
 
     def _done_flags(self, message_ids: list[str]) -> list[bool]:
-        """Which messages are already done: one pipelined EXISTS for the batch."""
+        """Which messages are already done: one EXISTS of every done key of the batch, which counts them.
+
+        Usually none is (a batch of new messages): that one command answers for all of them. Only when
+        some are does a pipelined EXISTS per key say which.
+        """
+        done_keys = [self.keys.done(self.group, message_id) for message_id in message_ids]
+        if not self.client.exists(*done_keys):
+            return [False] * len(done_keys)
         with self.client.pipeline(transaction=False) as pipe:
-            for message_id in message_ids:
-                pipe.exists(self.keys.done(self.group, message_id))
+            for done_key in done_keys:
+                pipe.exists(done_key)
             return [bool(n) for n in pipe.execute()]
 
     def _flush(self, deferred: list[tuple[_Pending, Step]]) -> None:

@@ -1,4 +1,4 @@
-"""The exactly-once stage step: done-key + state writes + outputs + XACK in one Lua script."""
+"""The exactly-once stage step: done-key + state writes + outputs + XACK in one Lua script (a batch of steps too)."""
 
 from __future__ import annotations
 
@@ -137,24 +137,27 @@ class StepRunner:
         return StepOutcome(int(result))
 
     def run_many(self, steps: list[tuple[Step, str, str, str, str]]) -> list[StepOutcome | Exception]:
-        """Apply several steps in one round trip: ``(step, message_id, input_stream, group, entry_id)`` each.
+        """Apply several steps in one script call: ``(step, message_id, input_stream, group, entry_id)`` each.
 
-        Each is the same script as :meth:`run`, so each is exactly-once on its own (its done key is
-        checked inside it); the pipeline only saves round trips. Outcomes come back in order; a step
-        whose script failed comes back as its exception (it was not applied: nothing is partial).
+        The steps are applied in order, each exactly as :meth:`run` would apply it on its own (its done
+        key checked and set, its guards, writes and outputs), and the whole batch is one atomic script:
+        a process killed around the call leaves every step either applied or not, never half of the
+        batch. The acks are one XACK per input stream. Outcomes come back in order; a step whose write
+        failed comes back as its exception (it is not marked done nor acked; the others are unaffected).
         """
         if not steps:
             return []
-        self.ensure_loaded()
-        for attempt in range(2):
-            with self._client.pipeline(transaction=False) as pipe:
-                self.queue(pipe, steps)
-                replies = pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self._script.sha = self._client.script_load(self._script.script)  # a restarted or new server
-                continue
-            break
-        return self.outcomes(replies)
+        keys, payload = self.batch_call(steps)
+        try:
+            reply = self._script(keys=keys, args=[payload])  # loads the script on a NOSCRIPT
+        except redis.exceptions.ResponseError as error:  # the script as a whole failed: no step applied
+            return [error] * len(steps)
+        return self.batch_outcomes(reply, len(steps))
+
+    @property
+    def sha(self) -> str:
+        """The stage script's SHA1 (after :meth:`ensure_loaded`), for a caller that sends the call itself."""
+        return self._script.sha
 
     def ensure_loaded(self) -> None:
         """Load the script once: a pipeline cannot load it on the first miss (every call of it would fail)."""
@@ -162,8 +165,47 @@ class StepRunner:
             self._script.sha = self._client.script_load(self._script.script)
             self._loaded = True
 
+    def batch_call(self, steps: list[tuple[Step, str, str, str, str]]) -> tuple[list[str], str]:
+        """The keys and the argument of one script call that applies ``steps`` (see :meth:`run_many`)."""
+        keys: list[str] = []
+        payloads: list[str] = []
+        for step, message_id, input_stream, group, entry_id in steps:
+            done_key = self._keys.done(self._stage, message_id)
+            keys.append(done_key)
+            keys.append(self._keys.stream(input_stream) if input_stream else done_key)
+            payloads.append(self.payload(step, group, entry_id))
+        return keys, "[" + ",".join(payloads) + "]"
+
+    def queue_batch(self, pipe: redis.client.Pipeline, steps: list[tuple[Step, str, str, str, str]]) -> None:
+        """Add one script call applying ``steps`` to ``pipe`` (after :meth:`ensure_loaded`).
+
+        Its reply is read back with :meth:`batch_outcomes`.
+        """
+        keys, payload = self.batch_call(steps)
+        pipe.evalsha(self._script.sha, len(keys), *keys, payload)
+
+    @staticmethod
+    def batch_outcomes(reply: object, count: int) -> list[StepOutcome | Exception]:
+        """The outcomes of a batch call of ``count`` steps from its reply (an exception fails every step)."""
+        if isinstance(reply, Exception):
+            return [reply] * count
+        if not isinstance(reply, list) or len(reply) != count:
+            error = redis.exceptions.ResponseError(f"a batch of {count} steps answered {reply!r:.200}")
+            return [error] * count
+        outcomes: list[StepOutcome | Exception] = []
+        for one in reply:
+            if isinstance(one, int):
+                outcomes.append(StepOutcome(one))
+            else:
+                message = one.decode("utf-8", "replace") if isinstance(one, bytes) else str(one)
+                outcomes.append(redis.exceptions.ResponseError(message.removeprefix("ERR ")))
+        return outcomes
+
     def queue(self, pipe: redis.client.Pipeline, steps: list[tuple[Step, str, str, str, str]]) -> None:
-        """Add the steps' script calls to ``pipe`` (after :meth:`ensure_loaded`); :meth:`outcomes` reads the replies."""
+        """Add one script call per step to ``pipe`` (after :meth:`ensure_loaded`); :meth:`outcomes` reads the replies.
+
+        Each call is a step on its own; :meth:`queue_batch` applies them all in one call instead.
+        """
         for step, message_id, input_stream, group, entry_id in steps:
             done_key = self._keys.done(self._stage, message_id)
             stream_key = self._keys.stream(input_stream) if input_stream else done_key

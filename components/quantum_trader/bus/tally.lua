@@ -13,8 +13,18 @@ local function tally_number(text)
 end
 
 local function tally(totals, command, key, field, value)
-  local old = redis.call('HGET', key, field)
-  if command == 'HSET' then redis.call('HSET', key, field, value) else redis.call('HDEL', key, field) end
+  -- a new field (an opened position, a new reservation: the usual HSET) is written by HSETNX alone,
+  -- whose answer says there was no old value; only an existing one is read before it is overwritten
+  local old = false
+  if command == 'HSET' then
+    if redis.call('HSETNX', key, field, value) == 0 then
+      old = redis.call('HGET', key, field)
+      if old ~= value then redis.call('HSET', key, field, value) end
+    end
+  else
+    old = redis.call('HGET', key, field)
+    if old then redis.call('HDEL', key, field) end
+  end
   local delta, count = 0, 0
   if old then
     local n = tally_number(old)
