@@ -114,23 +114,32 @@ def invalid_policy(body: Mapping[str, Any], plan: PolicyPlan) -> None:
         post_event(body, event)
 
 
+REPAIR_ATTEMPTS = 3
+"""patches of one child per check: a controller's status write between the apply and the patch changes the
+resourceVersion the patch tests (a Deployment's, at every step of the rollout a repair itself may start)"""
+
+
 def strip_foreign_fields(sources: Sources, manifest: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
     """Remove from the child (``live``: as the API server last returned it) the fields other field managers own
-    that its manifest lacks (ownership.py): a JSON patch guarded by ``live``'s resourceVersion, so a child changed
-    since is left for the next check."""
+    that its manifest lacks (ownership.py): a JSON patch guarded by ``live``'s resourceVersion. A child changed
+    since (409/422) is read again through the same forced apply, which changes nothing that is already the
+    operator's, and patched again, up to :data:`REPAIR_ATTEMPTS` times; after that the next check goes on."""
     api_version, kind = str(manifest["apiVersion"]), str(manifest["kind"])
     namespace, name = kv.namespace(manifest), kv.name(manifest)
-    found = foreign_fields(live, manifest, n.MANAGED_BY)
-    patch = removal_patch(live, found)
-    if not patch:
-        return []
-    try:
-        sources.kube.json_patch(api_version, kind, namespace, name, patch)
-    except KubeError as error:
-        if error.status in (409, 422):  # changed since read: the next check reads it again
+    for _ in range(REPAIR_ATTEMPTS):
+        found = foreign_fields(live, manifest, n.MANAGED_BY)
+        patch = removal_patch(live, found)
+        if not patch:
             return []
-        raise
-    return [f"{kind}/{name} {f.path} (by {f.manager})" for f in found if not f.desired]
+        try:
+            sources.kube.json_patch(api_version, kind, namespace, name, patch)
+        except KubeError as error:
+            if error.status not in (409, 422):
+                raise
+            live = sources.kube.apply(manifest)
+            continue
+        return [f"{kind}/{name} {f.path} (by {f.manager})" for f in found if not f.desired]
+    return []
 
 
 def _create_paper_secret(sources: Sources, rendered: RenderedPolicy) -> None:

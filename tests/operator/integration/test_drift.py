@@ -7,8 +7,13 @@ from __future__ import annotations
 import redis
 
 from harness.kube_emulator import EmulatedCluster
+from quantum_trader_operator import act, decide, gather, validation
+from quantum_trader_operator import kube_view as kv
 from quantum_trader_operator import naming as n
+from quantum_trader_operator.desired import OperatorSettings
 from quantum_trader_operator.naming import DRIFT_HALT
+from quantum_trader_operator.redis_io import RedisPool
+from quantum_trader_operator.runtime_io import object_path
 from tests.operator.integration.support import Operator, condition, keys_for, paper_policy, wait_for, wait_handled
 
 TAGGED = "ghcr.io/quantum-trader/quantum-trader:latest"
@@ -132,3 +137,41 @@ def test_fields_another_manager_added_are_removed_and_the_drift_halt_released(
     # Field drift leaves ImageConsistent alone; status.drift is rewritten by the next policy pass after the repair.
     wait_for(lambda: cluster.status("TradingPolicy", name)["drift"] == "none", timeout=15, what="status.drift=none")
     assert _image_consistent(cluster.status("TradingPolicy", name)) == "True"
+
+
+def test_a_repair_of_a_child_changed_since_it_was_read_reads_it_again_and_removes_the_fields(
+    cluster: EmulatedCluster,
+) -> None:
+    """On a cluster the Deployment controller writes status between the operator's apply and its patch (a status
+    write changes the resourceVersion the patch tests): the repair reads the child again and patches again, in the
+    same check, instead of leaving the foreign field to a later one."""
+    body = cluster.create(paper_policy())
+    check = validation.check_policy(body)
+    assert check.spec is not None
+    rendered = decide.render(body, check.spec, OperatorSettings(redis_storage=None))
+    (manifest,) = [
+        o for o in rendered.desired if kv.ref(o) == f"Deployment/{n.deployment_name(rendered.name, 'governor')}"
+    ]
+    sources = gather.Sources(cluster.kube, RedisPool(), env={})
+    governor = kv.name(manifest)
+    cluster.kube.apply(manifest)
+    env = {"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": {"name": "EXTRA", "value": "1"}}
+    cluster.json_patch("apps/v1", "Deployment", governor, [env], field_manager="kubectl-set")
+    read = cluster.get("Deployment", governor, "apps/v1")
+    assert read is not None
+    status = object_path("apps/v1", "Deployment", cluster.namespace, governor) + "/status"
+    cluster.kube.request(
+        "PATCH",
+        status,
+        query=[("fieldManager", "kube-controller-manager")],
+        body={"status": {"observedGeneration": 99}},
+        content_type="application/merge-patch+json",
+    )
+    now = cluster.get("Deployment", governor, "apps/v1")
+    assert now is not None and now["metadata"]["resourceVersion"] != read["metadata"]["resourceVersion"]
+
+    removed = act.strip_foreign_fields(sources, manifest, read)
+    assert removed and "env[name=EXTRA]" in removed[0] and "kubectl-set" in removed[0]
+    after = cluster.get("Deployment", governor, "apps/v1")
+    assert after is not None
+    assert all(e["name"] != "EXTRA" for e in after["spec"]["template"]["spec"]["containers"][0]["env"])
