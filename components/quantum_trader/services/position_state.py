@@ -334,13 +334,8 @@ def settlement_step(
     corr: str,
     input_id: str,
     now_ms: int,
-    write_heat: bool = True,
 ) -> Step:
-    """The guarded writes and outputs of one settled result (see docs/EXECUTION.md for each).
-
-    ``write_heat`` False leaves out the ``portfolio:heat`` write (and nothing else): a step of a
-    batch that a later step of the same script writes the heat after.
-    """
+    """The guarded writes and outputs of one settled result (see docs/EXECUTION.md for each)."""
     symbol = result.symbol
     fill = settlement.fill
     step = Step()
@@ -384,10 +379,9 @@ def settlement_step(
                 step.write("HDEL", keys.portfolio_risk, symbol)
             if new_risk != state.old_risk:
                 step.write("HINCRBYFLOAT", keys.portfolio_risk_total, "open_risk", float(new_risk - state.old_risk))
-        if write_heat:
-            heat_fields = settlement.heat.to_hash(now_ms)
-            heat_fields["market_time"] = str(result.time)
-            step.write("HSET", keys.portfolio_heat, *_flat(heat_fields))
+        heat_fields = settlement.heat.to_hash(now_ms)
+        heat_fields["market_time"] = str(result.time)
+        step.write("HSET", keys.portfolio_heat, *_flat(heat_fields))
     if fill.changed:
         step.emit(SNAPSHOT_STREAM, fill.position.snapshot(result.time), id=f"snap:{input_id}", corr=corr)
     if fill.closed is not None:
