@@ -34,12 +34,33 @@ def sim() -> Iterator[RunningSimulator]:
     running.stop()
 
 
-@pytest.fixture
-def binance(sim: RunningSimulator) -> Iterator[Client]:
+def stock_client(sim: RunningSimulator, secret: str = API_SECRET, requests_params: dict | None = None) -> Client:
     """A stock python-binance Client pointed at the simulator, nothing of ours in between."""
-    client = Client(API_KEY, API_SECRET, ping=False)
+    client = Client(API_KEY, secret, ping=False, requests_params=requests_params)
     for attribute, path in _URL_ATTRIBUTES.items():
         setattr(client, attribute, sim.base_url + path)
+    return client
+
+
+def mixed_batch(prefix: str) -> list[dict[str, str]]:
+    """Three orders: a buy, a reduce-only sell with nothing to reduce (refused alone), another buy."""
+    return [
+        {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": f"{prefix}-1"},
+        {
+            "symbol": "ETHUSDT",
+            "side": "SELL",
+            "type": "MARKET",
+            "quantity": "0.1",
+            "newClientOrderId": f"{prefix}-2",
+            "reduceOnly": "true",
+        },
+        {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.1", "newClientOrderId": f"{prefix}-3"},
+    ]
+
+
+@pytest.fixture
+def binance(sim: RunningSimulator) -> Iterator[Client]:
+    client = stock_client(sim)
     yield client
     client.close_connection()
 
@@ -111,9 +132,7 @@ def test_leverage_bracket_of_an_unknown_symbol_is_invalid_symbol(binance):
 def test_leverage_bracket_is_signed(sim, binance):
     status, _, body = raw(sim, "GET", "/fapi/v1/leverageBracket")
     assert status == 401 and json.loads(body)["code"] == -2014
-    wrong = Client(API_KEY, "not-the-secret", ping=False)
-    for attribute, path in _URL_ATTRIBUTES.items():
-        setattr(wrong, attribute, sim.base_url + path)
+    wrong = stock_client(sim, "not-the-secret")
     with pytest.raises(BinanceAPIException) as caught:
         wrong.futures_leverage_bracket()
     assert caught.value.code == -1022
@@ -247,9 +266,7 @@ def test_python_binance_places_and_looks_up_an_order_with_real_signatures(sim, b
     with pytest.raises(BinanceAPIException) as missing:
         binance.futures_get_order(symbol="BTCUSDT", origClientOrderId="never-sent")
     assert missing.value.code == -2013
-    wrong = Client(API_KEY, "not-the-secret", ping=False)
-    for attribute, path in _URL_ATTRIBUTES.items():
-        setattr(wrong, attribute, sim.base_url + path)
+    wrong = stock_client(sim, "not-the-secret")
     with pytest.raises(BinanceAPIException) as unsigned:
         wrong.futures_create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01")
     assert unsigned.value.code == -1022
@@ -260,20 +277,7 @@ def test_python_binance_places_and_looks_up_an_order_with_real_signatures(sim, b
 
 
 def test_batch_orders_through_python_binance_answer_each_order_or_its_error(sim, binance):
-    answers = binance.futures_place_batch_order(
-        batchOrders=[
-            {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": "b-1"},
-            {
-                "symbol": "ETHUSDT",
-                "side": "SELL",
-                "type": "MARKET",
-                "quantity": "0.1",
-                "newClientOrderId": "b-2",
-                "reduceOnly": "true",
-            },
-            {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.1", "newClientOrderId": "b-3"},
-        ]
-    )
+    answers = binance.futures_place_batch_order(batchOrders=mixed_batch("b"))
     assert [a.get("clientOrderId") for a in answers] == ["b-1", None, "b-3"]
     assert answers[1] == {"code": -2022, "msg": "ReduceOnly Order is rejected."}, "nothing to reduce: that order alone"
     assert binance.futures_get_order(symbol="ETHUSDT", origClientOrderId="b-3")["status"] == "FILLED"
@@ -287,25 +291,10 @@ def test_batch_orders_through_python_binance_answer_each_order_or_its_error(sim,
 def test_a_withheld_batch_answer_logs_its_fills_as_timeouts_as_a_single_order_does(sim):
     """The order log says which fills went unanswered (fault "timeout"): the chaos test kills apply-layer
     inside exactly that window, so a batch's must be marked as a single order's are."""
-    impatient = Client(API_KEY, API_SECRET, ping=False, requests_params={"timeout": 0.5})
-    for attribute, path in _URL_ATTRIBUTES.items():
-        setattr(impatient, attribute, sim.base_url + path)
+    impatient = stock_client(sim, requests_params={"timeout": 0.5})
     sim.set_faults(timeoutRate=1.0, timeoutSeconds=3.0)
     with pytest.raises(requests.exceptions.Timeout):
-        impatient.futures_place_batch_order(
-            batchOrders=[
-                {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": "w-1"},
-                {
-                    "symbol": "ETHUSDT",
-                    "side": "SELL",
-                    "type": "MARKET",
-                    "quantity": "0.1",
-                    "newClientOrderId": "w-2",
-                    "reduceOnly": "true",
-                },
-                {"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.1", "newClientOrderId": "w-3"},
-            ]
-        )
+        impatient.futures_place_batch_order(batchOrders=mixed_batch("w"))
     sim.set_faults()
     assert [(e["clientOrderId"], e["outcome"], e["fault"]) for e in sim.orders()] == [
         ("w-1", "accepted", "timeout"),
