@@ -42,10 +42,11 @@ def nested_yaml(depth: int) -> str:
 POLICY_FILES = {
     "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\x00", "is not a text file"),
     "nested-flow": (b"[" * 20000, "nested too deeply"),
-    "nested-block": (nested_yaml(3000).encode(), "nested too deeply"),
+    "nested-block": (nested_yaml(1000).encode(), "nested too deeply"),  # 0.5 MB: within MAX_POLICY_BYTES
     # deeper than the policy's JSON validation goes, not as deep as YAML's own limit
     "nested-mid": (b"symbols: " + b"{a: " * 250 + b"1" + b"}" * 250 + b"\n", "nested too deeply"),
     "empty": (b"", "is empty; to run with the default policy, leave out -f"),
+    "too-large": (b"symbols: [BTCUSDT]\n" + b"#" * (1024 * 1024), "larger than 1024 KiB"),
     "blank": (b"  \n\n\t\n", "is empty; to run with the default policy, leave out -f"),
     "only-comments": (b"# nothing here\n", "leave out -f"),
     "not-yaml": (b"symbols: [BTCUSDT\nmode: paper\n", "is not valid YAML"),
@@ -63,6 +64,12 @@ def test_a_bad_policy_file_is_one_line(tmp_path, command, case):
     result = qt(command, "-f", str(policy), state_dir=tmp_path / "state")
     assert_one_line_error(result, reason)
     assert not (tmp_path / "state" / "run.json").exists(), "nothing may start on a bad policy"
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_a_policy_without_end_is_one_line_and_read_no_further(tmp_path, device):
+    result = qt("run", "-f", device, state_dir=tmp_path / "state")
+    assert_one_line_error(result, device, "larger than 1024 KiB")
 
 
 def kline_file(folder: Path, name: str) -> Path:
@@ -95,6 +102,8 @@ FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("run -f missing", ["run", "-f", "{tmp}/missing.yaml"], ("cannot read policy", "missing.yaml")),
     ("run -f directory", ["run", "-f", "{tmp}"], ("'-f' / '--file'", "is a directory")),
     ("run -f with a bad file", ["run", "-f", "{tmp}/empty-replay.yaml"], ("marketData.files", "holds no bars")),
+    ("run -f with another model digest", ["run", "-f", "{tmp}/other-digest.yaml"], ("the policy pins sha256:00",)),
+    ("run -f with a missing model", ["run", "-f", "{tmp}/missing-model.yaml"], ("model no-such-model:",)),
     ("run --redis-url word", ["run", "--redis-url", "notaurl"], ("'--redis-url'", "is not a Redis URL")),
     ("run --redis-url http", ["run", "--redis-url", "http://127.0.0.1:6379"], ("'--redis-url'", "not a Redis URL")),
     ("run --redis-url port", ["run", "--redis-url", "redis://127.0.0.1:99999/0"], ("'--redis-url'",)),
@@ -217,6 +226,10 @@ def test_every_bad_flag_is_one_line_naming_it(tmp_path, args, fragments):
     (klines / "ETHUSDT-1h-2024-01.csv").write_bytes(b"")
     (klines / "LTCUSDT-1h-2024-01.csv").write_text("open,close\n")
     (klines / "XRPUSDT-1h-2024-01.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    for name, model in (("other-digest", "ensemble-1h-v1"), ("missing-model", "no-such-model")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"marketData: {{source: synthetic}}\nmodel: {{name: {model}, digest: 'sha256:{'0' * 64}'}}\n"
+        )
     (tmp_path / "empty-replay.yaml").write_text(
         f"symbols: [ETHUSDT]\nmarketData: {{source: replay, files: ['{klines / 'ETHUSDT-1h-2024-01.csv'}']}}\n"
     )

@@ -152,6 +152,26 @@ def replay_without_allowed_symbols(policy: PolicySpec) -> str | None:
     )
 
 
+def model_refusal(policy: PolicySpec) -> str | None:
+    """Why ai-engine would refuse the policy's model (unpinned, missing, modified, another digest), told
+    before anything starts: ai-engine fails closed on it, and under ``qt run`` that is a component exiting
+    and restarted for the whole run while nothing trades. None for the baseline or a model that matches."""
+    from quantum_trader.research.artifact import BASELINE, ArtifactError, models_dir, observed_digest
+
+    model = policy.model
+    if model.name == BASELINE:
+        return None
+    if not model.digest:
+        return f"model {model.name}: the policy pins no digest (model.digest); an unpinned model is refused"
+    try:
+        digest, _, _ = observed_digest(models_dir() / model.name, model.name)
+    except ArtifactError as error:
+        return str(error)
+    if digest != model.digest:
+        return f"model {model.name}: the artifact's digest is {digest}, the policy pins {model.digest}"
+    return None
+
+
 def unreadable_replay_file(policy: PolicySpec) -> str | None:
     """Why a replayed file cannot be replayed: it is empty, not text, or its first bar does not parse. Only
     the first bar is read (the files may be long); None when each file starts with a bar. Without this,
@@ -222,6 +242,9 @@ def run_local(options: RunOptions) -> int:
     if policy.mode.value != "paper":
         print("qt: error: `qt run` runs paper mode only; set mode: paper", file=sys.stderr)
         return 2
+    refusal = model_refusal(policy)
+    if refusal:
+        raise PolicyError(refusal)
     if options.redis_url is not None:
         check_reachable(options.redis_url)
     policy = resolve_market_data(policy, trade_sample_symbols=not options.policy_file and not options.data)
