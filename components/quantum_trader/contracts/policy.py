@@ -322,6 +322,11 @@ def _validated_strictly(document: dict) -> PolicySpec:
         raise PolicyError(describe_validation_error(error)) from None
 
 
+MAX_POLICY_BYTES = 1024 * 1024
+"""a policy file is a few KiB; Kubernetes stores an object of at most ~1.5 MiB. Anything larger is a wrong
+file, read no further (a device like /dev/zero has no end)"""
+
+
 def load_policy(path: str | Path) -> PolicySpec:
     """A policy from a YAML file; every way the file can be wrong is one ``PolicyError`` line.
 
@@ -329,9 +334,14 @@ def load_policy(path: str | Path) -> PolicySpec:
     or wrong file than a wish for the defaults, which a user gets by giving no file at all.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            raw = file.read(MAX_POLICY_BYTES + 1)  # never more: -f /dev/zero must not read without end
     except OSError as error:
         raise PolicyError(f"cannot read policy {path}: {error.strerror or error}") from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(f"policy {path} is larger than {MAX_POLICY_BYTES // 1024} KiB: not a policy")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PolicyError(f"policy {path} is not a text file (not UTF-8 at byte {error.start})") from None
     if not text.strip():
