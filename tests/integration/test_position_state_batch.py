@@ -5,9 +5,7 @@ does; two replicas racing over one symbol stay exact."""
 
 from __future__ import annotations
 
-import multiprocessing
 import random
-import time
 
 import pytest
 import redis
@@ -29,15 +27,14 @@ from tests.integration._governor_support import (
     consumer,
     context,
     drain,
-    dumps,
     policy,
-    position_state_worker,
     publish,
     read_stream,
     reservation,
     result_for,
     text_hash,
 )
+from tests.integration._position_state_support import OnePositionState, settle_with_replicas
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
@@ -78,13 +75,9 @@ def reserve(r: redis.Redis, keys: Keys, runner: StepRunner) -> None:
     assert runner.run(step, message_id="approvals") is StepOutcome.DONE
 
 
-class Book:
+class Book(OnePositionState):
     def __init__(self, redis_url: str, instance: str, r: redis.Redis) -> None:
-        self.r = r
-        self.ctx = context(redis_url, instance, policy(SYMBOLS), "position-state")
-        self.keys = self.ctx.keys
-        self.service = position_state.build(self.ctx)
-        self.ps = consumer(self.ctx, self.service)
+        super().__init__(redis_url, instance, r, SYMBOLS)
         self.service.start()
         reserve(r, self.keys, self.ps.steps)
 
@@ -231,25 +224,7 @@ def test_two_replicas_racing_over_one_symbol_stay_exact(redis_url: str, instance
         else:
             plan = entry("BTCUSDT", f"e{i}", price=100.0 + i, t=i)
             sequence.append(result_for(approval(plan), filled_qty=1.0, avg_price=100.0 + i, fee=0.01))
-    mp = multiprocessing.get_context("fork")
-    stop = mp.Event()
-    workers = [
-        mp.Process(target=position_state_worker, args=(redis_url, instance, dumps(spec), f"ps-{i}", stop))
-        for i in range(2)
-    ]
-    for w in workers:
-        w.start()
-    try:
-        for res in sequence:
-            publish(r, keys, "apply.result", res, id=f"res:{res.plan_id}")
-        deadline = time.monotonic() + 60
-        while r.xlen(keys.stream("position.snapshot")) < 161:
-            assert time.monotonic() < deadline, "not every result was settled"
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(20)
+    settle_with_replicas(redis_url, instance, spec, sequence, snapshots=161)
     pos = text_hash(r, keys.position("BTCUSDT"))
     assert (pos["side"], float(pos["qty"]), pos["version"]) == ("LONG", pytest.approx(200.0), "161")
     snapshots = [e.message for e in read_stream(r, keys, "position.snapshot", PositionSnapshot)]

@@ -13,28 +13,20 @@ from quantum_trader.services import position_state
 from quantum_trader.services.position_state import RISK_OK
 from tests.factories import entry, exit_plan
 from tests.integration._governor_support import (
-    consumer,
-    context,
     drain,
-    policy,
     publish_result,
     reservation,
     result_for,
     text_hash,
 )
+from tests.integration._position_state_support import OnePositionState
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
 
 
-class Book:
-    """One position-state in-process; the test plays governor and apply-layer."""
-
+class Book(OnePositionState):
     def __init__(self, redis_url: str, instance: str, r: redis.Redis) -> None:
-        self.r = r
-        self.ctx = context(redis_url, instance, policy(SYMBOLS), "position-state")
-        self.keys = self.ctx.keys
-        self.service = position_state.build(self.ctx)
-        self.ps = consumer(self.ctx, self.service)
+        super().__init__(redis_url, instance, r, SYMBOLS)
         self.n = 0
 
     def fill(self, plan, qty: float, price: float, fee: float = 0.01, status=ResultStatus.FILLED) -> None:

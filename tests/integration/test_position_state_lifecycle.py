@@ -3,7 +3,6 @@ apply-layer, position-state settles — positions, locks, ledger, heat, snapshot
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 
 import pytest
@@ -30,12 +29,9 @@ from tests.integration._governor_support import (
     context,
     decisions,
     drain,
-    dumps,
     entry,
     exit_plan,
     policy,
-    position_state_worker,
-    publish,
     publish_plan,
     publish_result,
     read_stream,
@@ -44,6 +40,7 @@ from tests.integration._governor_support import (
     result_for,
     text_hash,
 )
+from tests.integration._position_state_support import settle_with_replicas
 
 
 class Desk:
@@ -313,25 +310,7 @@ def test_concurrent_replicas_settle_every_fill_once(redis_url: str, instance: st
             approval_id=f"apr:f{i}", plan=plan, reservation=reservation(10.0), approved_at=0, expires_at=1
         )
         results.append(result_for(approval, filled_qty=1.0, avg_price=100.0 + i, fee=0.01))
-    mp = multiprocessing.get_context("fork")
-    stop = mp.Event()
-    workers = [
-        mp.Process(target=position_state_worker, args=(redis_url, instance, dumps(spec), f"ps-{i}", stop))
-        for i in range(2)
-    ]
-    for w in workers:
-        w.start()
-    try:
-        for res in results:
-            publish(r, keys, "apply.result", res, id=f"res:{res.plan_id}")
-        deadline = time.monotonic() + 60
-        while r.xlen(keys.stream("position.snapshot")) < 120:
-            assert time.monotonic() < deadline, "not every result was settled"
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(20)
+    settle_with_replicas(redis_url, instance, spec, results, snapshots=120)
     for k, symbol in enumerate(symbols):
         prices = [100.0 + i for i in range(120) if i % 3 == k]
         pos = text_hash(r, keys.position(symbol))

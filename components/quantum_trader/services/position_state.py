@@ -184,6 +184,7 @@ class _SymbolState:
     risk_readable: bool
 
 
+@dataclass(slots=True)
 class BatchBook:
     """The state a batch of results is settled on: read once, then moved in memory by each settlement (pure).
 
@@ -192,24 +193,15 @@ class BatchBook:
     ``services/step_batch.py``); ``advance`` moves the book by exactly what ``settlement_step`` writes.
     """
 
-    def __init__(
-        self,
-        symbols: dict[str, _SymbolState],
-        *,
-        heat_ok: bool,
-        totals_missing: bool,
-        open_risk: float,
-        risk_entries: int,
-        realized_pnl: float,
-        fees: float,
-    ) -> None:
-        self._symbols = symbols
-        self.heat_ok = heat_ok
-        self.totals_missing = totals_missing
-        self.open_risk = open_risk
-        self.risk_entries = risk_entries
-        self.realized_pnl = realized_pnl
-        self.fees = fees
+    symbols: dict[str, _SymbolState]
+    heat_ok: bool
+    totals_missing: bool
+    open_risk: float
+    """the running sum of every open position's risk (``portfolio:risk-total.open_risk``)"""
+    risk_entries: int
+    """how many positions the sum counts (``HLEN portfolio:risk``)"""
+    realized_pnl: float
+    fees: float
 
     @classmethod
     def from_replies(
@@ -260,11 +252,11 @@ class BatchBook:
         )
 
     def readable(self, symbol: str) -> bool:
-        return not isinstance(self._symbols[symbol].position, PositionFormatError)
+        return not isinstance(self.symbols[symbol].position, PositionFormatError)
 
     def state(self, symbol: str, *, done: bool = False) -> StateRead:
         """What the symbol's next result is settled on (raises PositionFormatError for an unreadable hash)."""
-        mine = self._symbols[symbol]
+        mine = self.symbols[symbol]
         if isinstance(mine.position, PositionFormatError):
             raise mine.position
         heat_ok = self.heat_ok and mine.risk_readable
@@ -283,7 +275,7 @@ class BatchBook:
 
     def advance(self, symbol: str, state: StateRead, settlement: Settlement) -> None:
         """The book after ``settlement_step(state, settlement)`` applied: its writes, mirrored."""
-        mine = self._symbols[symbol]
+        mine = self.symbols[symbol]
         fill = settlement.fill
         if fill.changed:
             mine.position = fill.position
