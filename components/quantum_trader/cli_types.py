@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from quantum_trader.contracts.messages import SYMBOL_PATTERN
+from quantum_trader.runtime.settings import http_url_problem
 
 
 class RedisUrl(click.ParamType):
@@ -42,18 +43,12 @@ class HttpUrl(click.ParamType):
         self.allow_empty = allow_empty
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from urllib.parse import urlsplit
-
         text = str(value)
         if not text and self.allow_empty:
             return text
-        try:
-            parts = urlsplit(text)
-            _ = parts.port
-        except ValueError as error:
-            self.fail(f"{text!r} is not an http(s) URL ({error})", param, ctx)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            self.fail(f"{text!r} is not an http(s) URL", param, ctx)
+        problem = http_url_problem(text)
+        if problem:
+            self.fail(problem, param, ctx)
         return text
 
 

@@ -37,6 +37,8 @@ def start(name: str, env: dict[str, str]) -> subprocess.Popen:
         ({"QT_INSTANCE": "Bad Instance"}, "QT_INSTANCE"),
         ({"QT_HEALTH_PORT": "eighty"}, "QT_HEALTH_PORT='eighty' is not a port number"),
         ({"QT_CONFIG": "/nonexistent/config.yaml"}, "QT_CONFIG=/nonexistent/config.yaml does not exist"),
+        ({"QT_EXCHANGE_URL": "sim:8000"}, "QT_EXCHANGE_URL: 'sim:8000' is not an http(s) URL"),
+        ({"QT_EXCHANGE_URL": "http://sim:port"}, "QT_EXCHANGE_URL: 'http://sim:port' is not an http(s) URL"),
     ],
 )
 def test_a_wrong_setting_exits_non_zero_with_one_clear_line(redis_url, instance, overrides, message):

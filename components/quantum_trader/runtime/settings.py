@@ -55,6 +55,28 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return port
 
 
+def http_url_problem(text: str) -> str | None:
+    """Why ``text`` is not an http(s) URL with a host, or None when it is one."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        _ = parts.port
+    except ValueError as error:
+        return f"{text!r} is not an http(s) URL ({error})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{text!r} is not an http(s) URL"
+    return None
+
+
+def _exchange_url(source: Mapping[str, str]) -> str | None:
+    url = source.get("QT_EXCHANGE_URL") or None
+    problem = http_url_problem(url) if url else None
+    if problem:
+        raise SettingsError(f"QT_EXCHANGE_URL: {problem}")
+    return url
+
+
 def load_settings(env: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
     """Settings from ``env`` (default: the process environment) with non-None ``overrides`` on top."""
     source = dict(os.environ if env is None else env)
@@ -91,7 +113,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: str | None)
         pod=source.get("QT_POD") or source.get("HOSTNAME") or socket.gethostname(),
         health_port=_port(source, "QT_HEALTH_PORT", 8080),
         metrics_port=_port(source, "QT_METRICS_PORT", 9100),
-        exchange_url=source.get("QT_EXCHANGE_URL") or None,
+        exchange_url=_exchange_url(source),
         api_key=source.get("BINANCE_API_KEY", ""),
         api_secret=source.get("BINANCE_API_SECRET", ""),
         code_version=source.get("QT_CODE_VERSION", "") or code_version(),
