@@ -252,6 +252,10 @@ def test_older_and_newer_versions_say_which_they_are():
         decode({**tick_fields(), "v": "0"}, Tick)
 
 
+DICT_KEY_OF = {"components": "governor"}
+"""a key the policy takes in each mapping of specs (components must be registered ones)"""
+
+
 def _policy_numbers(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
     """(alias path, FieldInfo) of every numeric field of the policy spec, nested specs included."""
     found: list[tuple[tuple[str, ...], object]] = []
@@ -261,6 +265,11 @@ def _policy_numbers(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> lis
         if isinstance(annotation, type) and issubclass(annotation, Spec):
             found.extend(_policy_numbers(annotation, (*prefix, alias)))
             continue
+        if typing.get_origin(annotation) is dict:  # per-component settings: components.<name>.<field>
+            value = typing.get_args(annotation)[1]
+            if isinstance(value, type) and issubclass(value, Spec):
+                found.extend(_policy_numbers(value, (*prefix, alias, DICT_KEY_OF.get(alias, "x"))))
+            continue
         args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
         if annotation in (int, float) or any(a in (int, float) for a in args):
             found.append(((*prefix, alias), info))
@@ -268,6 +277,10 @@ def _policy_numbers(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> lis
 
 
 POLICY_NUMBERS = _policy_numbers(PolicySpec)
+
+
+def test_the_policy_numbers_include_those_in_mappings_of_specs():
+    assert ("components", "governor", "replicas") in [path for path, _ in POLICY_NUMBERS]
 
 
 def _nested(path: tuple[str, ...], value: object) -> dict:
