@@ -126,6 +126,8 @@ class QtEmulator(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> Any:
         if _is_crd_write(request):
             refuse_invalid_crd(request.data)
+        if request.action == enums.action.DELETE and request.resource is not None and request.name is not None:
+            await self._mark_for_deletion((request.resource, request.namespace, request.name))
         if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
             return await super()._handle(request)  # reads, watches and deletes: kmock as it is
         delete_key = None
@@ -163,6 +165,26 @@ class QtEmulator(kmock.KubernetesEmulator):
                     raw = self._objects[delete_key].raw
                     self._objects[delete_key].delete()
                     await self._buses[delete_key[0]].put({"type": "DELETED", "object": raw})
+
+    async def _mark_for_deletion(self, key: tuple[Any, Any, Any]) -> None:
+        """A DELETE of an object with finalizers sets ``deletionTimestamp`` in a new version, as the API server
+        does. kmock sets it without a new resourceVersion, and kopf skips an event whose resourceVersion it has
+        already seen from its own last patch (a status write a moment before): the deletion then went unnoticed
+        and the object kept its finalizer for good. kmock's own DELETE handling then finds it marked."""
+        async with self._lock:
+            if key not in self._objects:  # kmock's ObjectsArray has no .get()
+                return
+            obj = self._objects[key]
+            if obj.deleted:
+                return
+            meta = obj.raw.get("metadata") or {}
+            if meta.get("deletionTimestamp") or not meta.get("finalizers"):
+                return
+            new = copy.deepcopy(obj.raw)
+            new["metadata"]["deletionTimestamp"] = _now()
+            self._stamp(new["metadata"], created=False)
+            obj.history.append(new)
+            await self._buses[key[0]].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
 
     async def _patch(self, key: tuple[Any, Any, Any], request: kmock.Request, data: Any) -> Any:
         resource = key[0]

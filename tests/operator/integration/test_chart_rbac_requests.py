@@ -142,9 +142,9 @@ def test_everything_the_operator_asks_is_granted_by_the_charts_rbac(
     person.create(rollout)
     wait_for(lambda: person.status("KillSwitch", switch["metadata"]["name"]).get("generation"), what="KillSwitch")
     wait_for(lambda: person.status("ExitRollout", rollout["metadata"]["name"]).get("live"), what="ExitRollout")
-    person.delete("KillSwitch", switch["metadata"]["name"])
-    person.delete("ExitRollout", rollout["metadata"]["name"])
-    wait_for(lambda: not person.list("KillSwitch") and not person.list("ExitRollout"), what="both deleted")
+    for kind, name_ in (("KillSwitch", switch["metadata"]["name"]), ("ExitRollout", rollout["metadata"]["name"])):
+        person.delete(kind, name_)
+        wait_for(lambda kind=kind, name_=name_: person.get(kind, name_) is None, what=f"the {kind} to be gone")
 
     disabled = {"harvest": {"enabled": False}, "heat-gate": {"enabled": False}}  # heat-gate consumes harvest's
     person.merge_patch(n.API_VERSION, "TradingPolicy", name, {"spec": {"components": disabled}})
