@@ -82,6 +82,12 @@ def test_a_batch_applies_each_step_as_its_own_script_would(r: redis.Redis, insta
     # one script call and one XACK for the batch, a SET NX per step and a DEL per undone one
     assert used["evalsha"] == 1 and used["xack"] == 1 and used["set"] == 6 and used["del"] == 2
     assert used.get("exists", 0) == 0
+    # a batch of one is the one-step form: its failed write comes back as its exception the same way
+    (alone,) = runner.run_many([(counted(5).write("HSET", wrong, "f", "1"), "m5", SOURCE, GROUP, entries[3])])
+    assert isinstance(alone, redis.ResponseError) and "WRONGTYPE" in str(alone)
+    assert not r.exists(keys.done(GROUP, "m5")) and entries[3] in still_pending(r, keys)
+    assert runner.run_many([(counted(6), "m6", SOURCE, GROUP, entries[3])]) == [StepOutcome.DONE]
+    assert still_pending(r, keys) == {entries[2]}
 
 
 def test_a_batch_is_atomic_for_every_other_client(r: redis.Redis, redis_url: str, instance: str) -> None:
