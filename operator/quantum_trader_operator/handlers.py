@@ -161,6 +161,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.quantumtrader.io")
     settings.persistence.finalizer = "trading.quantumtrader.io/operator"
     settings.execution.max_workers = 16
+    # A deletion that meets a timer mid-run (a KillSwitch's every few seconds) waits for it to stop before the
+    # delete handler and the finalizer. kopf's default gives a timer ten event-loop cycles and then polls every
+    # 60 s; our timers are synchronous (a thread finishing its Redis and API calls), so wait for that instead.
+    settings.background.instant_exit_timeout = 10.0
+    settings.background.cancellation_polling = 5.0
     runtime()
     port = metrics_port(os.environ)
     try:
