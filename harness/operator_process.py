@@ -36,7 +36,6 @@ OPERATOR_ENV = {
 }
 
 
-
 @dataclass
 class Cluster:
     """A namespace of an API server (the emulator or a real cluster), through the operator's own raw client."""
@@ -166,5 +165,3 @@ def example(name: str) -> dict[str, Any]:
 def paper_policy() -> dict[str, Any]:
     """examples/policy.yaml: paper mode, managed Redis (reached through the override), three symbols."""
     return example("policy.yaml")
-
-
